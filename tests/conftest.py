@@ -24,3 +24,38 @@ def store_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def py() -> str:
     return sys.executable
+
+
+def build_tiny_model(path: Path, vocab_words: list[str] | None = None, layers: int = 2, hidden: int = 32) -> Path:
+    """A randomly initialised 2-layer Llama with a real fast tokenizer and chat template,
+    saved with save_pretrained, so the real loading code runs in seconds."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = vocab_words or []
+    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for tok in alphabet + words:
+        vocab.setdefault(tok, len(vocab))
+    tk = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=1000))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    tk.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                          "{% if add_generation_prompt %}<assistant>{% endif %}")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")

@@ -1,0 +1,347 @@
+"""Dataset readers and normalisers: any source -> a stream of (prompt, response) rows.
+
+Sources: a local JSONL (optionally gzipped), JSON, Parquet or CSV file, a directory
+written by ``datasets.save_to_disk``, or a hub dataset id. Records are read lazily and
+can be iterated again (extraction reads the source twice: once to fingerprint, once to
+write the rows table).
+
+Shapes, recognised from the columns of the first record:
+
+* **pairwise**: ``prompt``, ``chosen``, ``rejected`` -> two rows (chosen, rejected);
+* **HH-RLHF**: ``chosen``/``rejected`` transcripts without a prompt column; the prompt is
+  the shared text through the last ``\\n\\nAssistant:``;
+* **multi**: ``prompt``, ``responses[K]``, optional ``rewards[K]``;
+* **pointwise**: ``prompt``, ``response``, optional ``reward`` or ``label``;
+* **messages**: a list of ``{role, content}`` whose last assistant turn is the response.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from embrm.errors import EmbrmError
+
+ASSISTANT = "\n\nAssistant:"
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names of the source; flags on the CLI map a dataset's own names."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    responses: str = "responses"
+    rewards: str = "rewards"
+    reward: str = "reward"
+    label: str = "label"
+    messages: str = "messages"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What to read: a path or hub id, and how."""
+
+    source: str
+    split: str = "train"
+    config: str | None = None
+    revision: str | None = None
+    limit: int | None = None
+    columns: Columns = Columns()
+
+    def display(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source}
+        if not _is_local(self.source):
+            d.update(split=self.split, config=self.config, revision=self.revision)
+        if self.limit:
+            d["limit"] = self.limit
+        return {k: v for k, v in d.items() if v is not None}
+
+    @property
+    def name(self) -> str:
+        base = Path(self.source).name if _is_local(self.source) else self.source
+        for suf in FILE_SUFFIXES:
+            if base.endswith(suf):
+                base = base[: -len(suf)]
+                break
+        if not _is_local(self.source):
+            base += f":{self.split}" + (f":{self.config}" if self.config else "")
+        return base + (f"[:{self.limit}]" if self.limit else "")
+
+
+def _is_local(source: str) -> bool:
+    return Path(source).expanduser().exists() or source.endswith(FILE_SUFFIXES) or source.startswith((".", "/", "~"))
+
+
+# ------------------------------------------------------------------------ readers
+def iter_records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    """Raw records of the source, lazily, honouring ``limit``."""
+    it = _records(spec)
+    for i, rec in enumerate(it):
+        if spec.limit is not None and i >= spec.limit:
+            return
+        yield rec
+
+
+def _records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    src = spec.source
+    p = Path(src).expanduser()
+    if _is_local(src):
+        if not p.exists():
+            raise EmbrmError(f"dataset file {src} does not exist")
+        if p.is_dir():
+            yield from _saved_dataset(p, spec.split)
+            return
+        name = p.name.lower()
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _jsonl(p)
+        elif name.endswith((".json", ".json.gz")):
+            yield from _json(p)
+        elif name.endswith(".parquet"):
+            yield from _parquet(p)
+        elif name.endswith((".csv", ".csv.gz")):
+            yield from _csv(p)
+        else:
+            raise EmbrmError(f"cannot read {p.name}: use a .jsonl, .json, .parquet or .csv file, "
+                             "a save_to_disk directory, or a hub dataset id")
+        return
+    yield from _hub(spec)
+
+
+def _open_text(p: Path) -> io.TextIOBase:
+    if p.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
+    return open(p, encoding="utf-8")
+
+
+def _jsonl(p: Path) -> Iterator[dict[str, Any]]:
+    with _open_text(p) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EmbrmError(f"{p.name} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+            if not isinstance(rec, dict):
+                raise EmbrmError(f"{p.name} line {n} is not a JSON object")
+            yield rec
+
+
+def _json(p: Path) -> Iterator[dict[str, Any]]:
+    with _open_text(p) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise EmbrmError(f"{p.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):  # {"data": [...]} or column-oriented
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1 and all(isinstance(x, dict) for x in lists[0]):
+            data = lists[0]
+        elif lists and all(isinstance(v, list) for v in data.values()):
+            data = [dict(zip(data, vals)) for vals in zip(*data.values())]
+    if not isinstance(data, list):
+        raise EmbrmError(f"{p.name} must hold a list of records")
+    yield from data
+
+
+def _parquet(p: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(p)
+    except Exception as e:
+        raise EmbrmError(f"{p.name} is not a readable Parquet file ({e})") from None
+    for batch in f.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
+def _csv(p: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.csv as pcsv
+
+    try:
+        reader = pcsv.open_csv(p)
+    except Exception as e:
+        raise EmbrmError(f"{p.name} is not a readable CSV file ({e})") from None
+    for batch in reader:
+        for rec in batch.to_pylist():
+            for k, v in rec.items():  # list columns in CSV arrive as JSON text
+                if isinstance(v, str) and v[:1] == "[" and v[-1:] == "]":
+                    try:
+                        rec[k] = json.loads(v)
+                    except json.JSONDecodeError:
+                        pass
+            yield rec
+
+
+def _saved_dataset(p: Path, split: str) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:
+        raise EmbrmError(f"{p} is not a directory written by datasets.save_to_disk ({type(e).__name__})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise EmbrmError(f"split {split!r} is not in {p}; it has {', '.join(ds)}")
+        ds = ds[split]
+    yield from ds
+
+
+def _hub(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.source, spec.config, split=spec.split, revision=spec.revision)
+    except Exception as e:
+        raise EmbrmError(
+            f"cannot load hub dataset {spec.source!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "check the id, --split and --config, or pass a local file"
+        ) from None
+    yield from ds
+
+
+# -------------------------------------------------------------------- normalising
+def detect_shape(rec: dict[str, Any], c: Columns) -> str:
+    keys = set(rec)
+    if c.messages in keys:
+        return "messages"
+    if {c.chosen, c.rejected} <= keys:
+        return "pairwise" if c.prompt in keys else "hh"
+    if c.prompt in keys and c.responses in keys:
+        return "multi"
+    if {c.prompt, c.response} <= keys:
+        return "pointwise"
+    raise EmbrmError(
+        f"cannot tell the dataset's shape from its columns {sorted(keys)}: expected "
+        f"({c.prompt}, {c.chosen}, {c.rejected}), ({c.chosen}, {c.rejected}) transcripts, "
+        f"({c.prompt}, {c.responses}), ({c.prompt}, {c.response}) or {c.messages}; "
+        "map your names with --prompt-col, --chosen-col, ..."
+    )
+
+
+KIND_OF_SHAPE = {"pairwise": "pairwise", "hh": "pairwise", "multi": "multi", "pointwise": "pointwise",
+                 "messages": "pointwise"}
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Split two HH-RLHF transcripts into (prompt, chosen reply, rejected reply).
+
+    The prompt is the shared text through the last ``\\n\\nAssistant:`` that both
+    transcripts contain at the same place; replies keep their exact text.
+    """
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(ASSISTANT, 0, n)  # the match must lie wholly inside the shared prefix
+    if cut < 0:
+        raise EmbrmError("an HH-RLHF pair has no shared '\\n\\nAssistant:' turn; is this the HH format?")
+    end = cut + len(ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _num(v: Any, what: str, i: int) -> float | None:
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise EmbrmError(f"record {i}: {what} {v!r} is not a number") from None
+    if math.isnan(x):
+        return None
+    return x
+
+
+def _text(v: Any, what: str, i: int) -> str:
+    if not isinstance(v, str):
+        raise EmbrmError(f"record {i}: {what} must be text, got {type(v).__name__}")
+    return v
+
+
+def _messages(msgs: Any, i: int) -> tuple[str, str]:
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+        raise EmbrmError(f"record {i}: messages must be a list of {{role, content}}")
+    last = max((j for j, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise EmbrmError(f"record {i}: messages have no assistant turn to embed")
+    before = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]]
+    if len(before) == 1 and before[0]["role"] == "user":
+        prompt = before[0]["content"]
+    else:  # several turns: the exact conversation, which the chat format renders back
+        prompt = json.dumps(before, ensure_ascii=False)
+    return prompt, _text(msgs[last]["content"], "assistant content", i)
+
+
+def normalise(records: Iterator[dict[str, Any]], c: Columns) -> Iterator[dict[str, Any]]:
+    """Records -> rows ``{prompt, response, prompt_id, response_index, role, label, reward}``.
+
+    Every record must have the first record's shape. Pointwise rows that share a prompt
+    text share a prompt id, so they load into ``(prompts, K, D)``.
+    """
+    shape = None
+    prompt_ids: dict[str, int] = {}
+    counts: dict[int, int] = {}
+    for i, rec in enumerate(records):
+        if shape is None:
+            shape = detect_shape(rec, c)
+        try:
+            if shape == "pairwise":
+                p = _text(rec[c.prompt], c.prompt, i)
+                pairs = [(_text(rec[c.chosen], c.chosen, i), "chosen", 1.0),
+                         (_text(rec[c.rejected], c.rejected, i), "rejected", 0.0)]
+                for j, (r, role, lab) in enumerate(pairs):
+                    yield _row(p, r, i, j, role, lab, None)
+            elif shape == "hh":
+                p, ch, rj = split_hh(_text(rec[c.chosen], c.chosen, i), _text(rec[c.rejected], c.rejected, i))
+                yield _row(p, ch, i, 0, "chosen", 1.0, None)
+                yield _row(p, rj, i, 1, "rejected", 0.0, None)
+            elif shape == "multi":
+                p = _text(rec[c.prompt], c.prompt, i)
+                rs = rec[c.responses]
+                if not isinstance(rs, list) or not rs:
+                    raise EmbrmError(f"record {i}: {c.responses} must be a non-empty list")
+                rw = rec.get(c.rewards)
+                if rw is not None and (not isinstance(rw, list) or len(rw) != len(rs)):
+                    raise EmbrmError(f"record {i}: {c.rewards} must list one reward per response ({len(rs)})")
+                for j, r in enumerate(rs):
+                    yield _row(p, _text(r, c.responses, i), i, j, "", None,
+                               None if rw is None else _num(rw[j], c.rewards, i))
+            else:
+                if shape == "messages":
+                    p, r = _messages(rec[c.messages], i)
+                else:
+                    p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
+                pk = hashlib.sha1(p.encode()).hexdigest()
+                pid = prompt_ids.setdefault(pk, len(prompt_ids))
+                j = counts.get(pid, 0)
+                counts[pid] = j + 1
+                yield _row(p, r, pid, j, "", _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i))
+        except KeyError as e:
+            raise EmbrmError(f"record {i} has no column {e.args[0]!r} (the first record's shape is {shape}); "
+                             "every record needs the same columns") from None
+
+
+def _row(prompt: str, response: str, pid: int, idx: int, role: str, label: float | None,
+         reward: float | None) -> dict[str, Any]:
+    return {"prompt": prompt, "response": response, "prompt_id": pid, "response_index": idx,
+            "role": role, "label": label, "reward": reward}
+
+
+def iter_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    return normalise(iter_records(spec), spec.columns)
+
+
+def dataset_kind(spec: DatasetSpec) -> str:
+    first = next(iter_records(spec), None)
+    if first is None:
+        raise EmbrmError(f"dataset {spec.source} has no records")
+    return KIND_OF_SHAPE[detect_shape(first, spec.columns)]

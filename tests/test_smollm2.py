@@ -1,0 +1,39 @@
+"""The embedded default model (SmolLM2-135M-Instruct GGUF) on real HH-RLHF pairs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import HH_RLHF
+from embrm.extractor import ExtractConfig, extract
+from embrm.extractor.models import default_gguf, load_model, resolve_model
+from embrm.store import open_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HH_RLHF.exists(), reason="../shared/data/hh-rlhf is absent")]
+
+
+def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
+    assert default_gguf().suffix == ".gguf"
+    cfg = ExtractConfig(dataset=str(HH_RLHF), limit=6, dtype="float32", max_length=256, store=str(tmp_path / "s"),
+                        quiet=True)
+    res = extract(cfg)
+    assert (res.rows, res.computed, res.status, res.kind) == (12, 12, "complete", "pairwise")
+    assert res.model_name.startswith("SmolLM2-135M-Instruct")
+    store = open_store(tmp_path / "s")
+    emb = store.load(res.model_hash, res.dataset_hash)
+    assert emb.vectors.shape == (12, 576) and np.isfinite(emb.vectors).all()
+    # batched, length-sorted fp32 equals one-at-a-time fp32
+    src = resolve_model(None)
+    model = load_model(src, "float32", "cpu")
+    from embrm.extractor.models import load_tokenizer
+    from embrm.extractor.formatting import encode_batch
+
+    tok = load_tokenizer(src)
+    rows = store.dataset_rows(res.dataset_hash, ["prompt", "response"]).to_pylist()
+    enc = encode_batch(tok, [r["prompt"] for r in rows], [r["response"] for r in rows], "raw", 256, "left")
+    with torch.inference_mode():
+        ref = np.stack([model(input_ids=torch.tensor([e.ids])).last_hidden_state[0, -1].numpy() for e in enc])
+    np.testing.assert_allclose(emb.vectors, ref, rtol=1e-4, atol=1e-4)
+    again = extract(cfg)
+    assert (again.computed, again.cached, again.model_loaded) == (0, 12, False)
