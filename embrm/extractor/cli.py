@@ -21,7 +21,7 @@ def register(main: click.Group) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--max-length", type=int, default=1024, show_default=True)
 @click.option("--truncation-side", type=click.Choice(["left", "right"]), default="left", show_default=True)
-@click.option("--batch-tokens", type=int, default=16384, show_default=True, help="Padded tokens per forward batch.")
+@click.option("--batch-tokens", type=int, default=None, help="Padded tokens per forward batch (default: 2048 on CPU, 32768 on GPU).")
 @click.option("--window", type=int, default=1024, show_default=True, help="Rows per store commit (a crash loses at most one).")
 @click.option("--limit", type=int, default=None, help="Only the first N records.")
 @click.option("--prompt-col", default="prompt", show_default=True)

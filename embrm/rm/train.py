@@ -1,0 +1,224 @@
+"""Reward-model trainers on embeddings: BT-MLP, CLF-MLP, linear BT and LightGBM.
+
+The training loop is written out here, not hidden in a framework:
+
+* all ensemble members train together as one :class:`EnsembleMLP` (one batched
+  matmul per layer);
+* each member has its own seed: its own initialisation and its own order of pairs, or a
+  bootstrap resample of them when asked;
+* matmuls run in bfloat16 autocast on CPUs with native bf16 (the loss stays fp32);
+* each pair is seen once per epoch in one orientation (the Siamese BT loss is symmetric,
+  so the seed code's second ordering adds nothing but time);
+* early stopping on validation loss, per member: each keeps its best epoch's weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embrm.errors import EmbrmError
+from embrm.rm.models import EnsembleMLP
+from embrm.rm.pairs import Pairs
+
+METHODS = ("bt", "clf", "linear", "lgbm")
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; saved to ``config.json`` of a run."""
+
+    method: str = "bt"
+    ensemble: int = 1
+    hidden: tuple[int, ...] = (1024, 512)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    max_epochs: int = 30
+    patience: int = 3
+    bootstrap: bool = False
+    seed: int = 0
+    bf16: bool | None = None  # None: where the CPU has native bf16 matmul
+    lgbm_rounds: int = 500
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise EmbrmError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.ensemble < 1:
+            raise EmbrmError("--ensemble must be at least 1")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
+            raise EmbrmError("batch size, epochs and learning rate must be positive")
+
+
+@dataclass
+class TrainLog:
+    epochs: int = 0
+    best_epoch: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RewardModel:
+    """A trained ensemble. :meth:`score` gives ``(members, items)`` rewards."""
+
+    config: TrainConfig
+    dim: int
+    net: EnsembleMLP | None = None
+    boosters: list[Any] | None = None
+    log: TrainLog = field(default_factory=TrainLog)
+
+    @property
+    def members(self) -> int:
+        return self.config.ensemble
+
+    def score(self, x: np.ndarray, chunk: int = 16384) -> np.ndarray:
+        """Rewards of each item under each member, ``(M, N)`` float32."""
+        x = check_embeddings(x, "embeddings")
+        if x.shape[1] != self.dim:
+            raise EmbrmError(f"embeddings have dim {x.shape[1]} but the reward model was trained on dim {self.dim}")
+        if self.boosters is not None:
+            return np.stack([b.predict(x, raw_score=True) for b in self.boosters]).astype(np.float32)
+        assert self.net is not None
+        out = np.empty((self.members, len(x)), np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(x), chunk):
+                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
+                out[:, s:s + chunk] = self.net(xb).float().numpy()
+        return out
+
+
+def check_embeddings(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise EmbrmError(f"{what} must be a 2-D (items, dim) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise EmbrmError(f"{what} contain NaN or inf; re-extract or drop those rows")
+    return x
+
+
+def _use_bf16(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    from embrm.extractor.models import cpu_has_fast_bf16
+
+    return cpu_has_fast_bf16()
+
+
+def _loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, method: str,
+          bf16: bool) -> torch.Tensor:
+    """Per-member mean loss, (M,). ``a``, ``b``, ``y``: (M, B) pair indices and labels."""
+    xa, xb = x[a], x[b]  # (M, B, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        r = net(torch.cat([xa, xb], 1))
+    r = r.float()
+    ra, rb = r[:, : a.shape[1]], r[:, a.shape[1]:]
+    if method == "clf":  # each response alone: winner 1, loser 0
+        return (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
+                + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
+    return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
+
+
+def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig) -> RewardModel:
+    """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it."""
+    cfg.validate()
+    x = check_embeddings(x, "embeddings")
+    if len(train_pairs) == 0 or len(val_pairs) == 0:
+        raise EmbrmError("training and validation both need at least one pair")
+    for p in (train_pairs, val_pairs):
+        if max(p.a.max(), p.b.max()) >= len(x):
+            raise EmbrmError("pairs refer to items beyond the embeddings array")
+    if cfg.method == "lgbm":
+        return _train_lgbm(x, train_pairs, val_pairs, cfg)
+    torch.manual_seed(cfg.seed)
+    hidden = () if cfg.method == "linear" else cfg.hidden
+    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear")
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
+    bf16 = _use_bf16(cfg.bf16)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ta, tb = torch.from_numpy(train_pairs.a), torch.from_numpy(train_pairs.b)
+    ty = torch.from_numpy(train_pairs.y.astype(np.float32))
+    va, vb = torch.from_numpy(val_pairs.a), torch.from_numpy(val_pairs.b)
+    vy = torch.from_numpy(val_pairs.y.astype(np.float32))
+    m, n = cfg.ensemble, len(train_pairs)
+    gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
+    best = net.state()
+    best_loss = np.full(m, np.inf)
+    best_epoch = [0] * m
+    stale = np.zeros(m, int)
+    log = TrainLog()
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        net.train()
+        if cfg.bootstrap:
+            order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens]))
+        else:
+            order = torch.from_numpy(np.stack([g.permutation(n) for g in gens]))
+        for s in range(0, n, cfg.batch_size):
+            idx = order[:, s:s + cfg.batch_size]
+            loss = _loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, bf16)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # members are independent: the sum's gradient is each one's
+            opt.step()
+        net.eval()
+        with torch.inference_mode():
+            vl = torch.zeros(m)
+            for s in range(0, len(val_pairs), 8192):
+                sl = slice(s, s + 8192)
+                k = va[sl].shape[0]
+                vl += _loss(net, xt, va[sl].expand(m, k), vb[sl].expand(m, k), vy[sl].expand(m, k),
+                            cfg.method, bf16) * k
+            vl = (vl / len(val_pairs)).numpy()
+        state = net.state()
+        for i in range(m):
+            if vl[i] < best_loss[i] - 1e-5:
+                best_loss[i], best_epoch[i], stale[i] = vl[i], epoch, 0
+                net.member_state(state, i, best)
+            else:
+                stale[i] += 1
+        log.epochs = epoch
+        if (stale >= cfg.patience).all():
+            break
+    net.load_state(best)
+    net.eval()
+    log.best_epoch, log.val_loss, log.seconds = best_epoch, [float(v) for v in best_loss], time.perf_counter() - t0
+    return RewardModel(cfg, x.shape[1], net=net, log=log)
+
+
+def _train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> RewardModel:
+    """LightGBM classifier on single responses (winner 1, loser 0), as the seed paper's."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise EmbrmError("method lgbm needs LightGBM: `pip install 'embrm[lgbm]'` (or `pip install lightgbm`)") from None
+
+    def items(p: Pairs) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.concatenate([p.a, p.b])
+        return x[idx], np.concatenate([p.y, 1 - p.y])
+
+    t0 = time.perf_counter()
+    xtr, ytr = items(tp)
+    xva, yva = items(vp)
+    boosters = []
+    for i in range(cfg.ensemble):
+        params = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "verbose": -1,
+                  "seed": cfg.seed + i, "bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8,
+                  "num_threads": 0}
+        dtr = lgb.Dataset(xtr, ytr)
+        dva = lgb.Dataset(xva, yva, reference=dtr)
+        boosters.append(lgb.train(params, dtr, num_boost_round=cfg.lgbm_rounds, valid_sets=[dva],
+                                  callbacks=[lgb.early_stopping(20, verbose=False)]))
+    log = TrainLog(epochs=max(b.best_iteration for b in boosters), best_epoch=[b.best_iteration for b in boosters],
+                   seconds=time.perf_counter() - t0)
+    return RewardModel(cfg, x.shape[1], boosters=boosters, log=log)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["hidden"] = list(cfg.hidden)
+    return d
