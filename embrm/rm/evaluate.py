@@ -28,7 +28,8 @@ def evaluate_multi(scores: np.ndarray, gold: np.ndarray, ns: list[int] | None = 
     if scores.ndim != 3:
         raise EmbrmError(f"scores must be (members, prompts, K), got shape {scores.shape}")
     p, k = gold.shape
-    ns = [n for n in DEFAULT_BON if n <= k] if ns is None else list(ns)
+    if ns is None:  # the seed paper's N values up to K, and K itself
+        ns = [n for n in DEFAULT_BON if n < k] + [k]
     check_bon(scores[0], gold, ns)
     a, b, _ = make_pairs(gold, np.arange(p), pairs_per_prompt, "within", "random", seed)
     ga, gb = gold.reshape(-1)[a], gold.reshape(-1)[b]

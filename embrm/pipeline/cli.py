@@ -1,0 +1,113 @@
+"""``embrm generate``, ``annotate``, ``demo`` and ``reproduce``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def register(main: click.Group) -> None:
+    for cmd in (generate_cmd, annotate_cmd, demo_cmd, reproduce):
+        main.add_command(cmd)
+
+
+def _quiet_hf() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@click.command("generate")
+@click.option("--prompts", required=True, help="A .txt (a prompt a line), a .jsonl/.parquet/.csv with a prompt column, or 'builtin'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl or .parquet file to write.")
+@click.option("--model", default=None, help="Hub id, directory or .gguf (default: packaged SmolLM2-135M-Instruct).")
+@click.option("--k", type=int, default=8, show_default=True, help="Responses per prompt.")
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--top-p", type=float, default=0.95, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-prompts", type=int, default=16, show_default=True)
+@click.option("--prompt-column", default="prompt", show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, seed, batch_prompts, prompt_column,
+                 limit, dtype, device, quiet) -> None:
+    """Sample K responses per prompt into a multi-response dataset file (resumable)."""
+    from embrm.pipeline.generate import GenerateConfig, generate
+
+    _quiet_hf()
+    res = generate(GenerateConfig(prompts=prompts, out=out, model=model, k=k, temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, seed=seed, batch_prompts=batch_prompts,
+                                  prompt_column=prompt_column, limit=limit, dtype=dtype, device=device, quiet=quiet))
+    click.echo(f"{res['prompts']} prompts: generated {res['generated']}, reused {res['reused']} "
+               f"({res['seconds']:.1f} s) -> {res['out']}")
+
+
+@click.command("annotate")
+@click.option("--dataset", required=True, type=click.Path(dir_okay=False), help="A .jsonl or .parquet dataset file.")
+@click.option("--reward-model", default="vader", show_default=True,
+              help="'vader' (offline default) or a sequence-classification model: hub id or directory.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write here instead of in place.")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def annotate_cmd(dataset, reward_model, out, batch_tokens, device, quiet) -> None:
+    """Score every response with a golden reward and write the rewards (resumable)."""
+    from embrm.pipeline.annotate import AnnotateConfig, annotate
+
+    _quiet_hf()
+    res = annotate(AnnotateConfig(dataset=dataset, out=out, reward_model=reward_model, batch_tokens=batch_tokens,
+                                  device=device, quiet=quiet))
+    click.echo(f"{res['records']} records: scored {res['scored']}, reused {res['reused']} with "
+               f"{res['reward_model']} ({res['seconds']:.1f} s) -> {res['out']}")
+
+
+@click.command("demo")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--store", "store_uri", default="embrm-store", show_default=True)
+@click.option("--k", type=int, default=8, show_default=True)
+@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--members", type=int, default=5, show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first N built-in prompts.")
+@click.option("--quiet", is_flag=True)
+def demo_cmd(out, store_uri, k, max_new_tokens, members, limit, quiet) -> None:
+    """Generate, annotate, extract, train and evaluate on the embedded model, offline."""
+    from embrm.pipeline.demo import DemoConfig, run_demo
+
+    _quiet_hf()
+    run_demo(DemoConfig(out=out, store=store_uri, k=k, max_new_tokens=max_new_tokens, members=members,
+                        limit=limit, quiet=quiet), log=click.echo)
+
+
+@click.group("reproduce")
+def reproduce() -> None:
+    """The seed paper's case studies on data in the store."""
+
+
+@reproduce.command("ensemble")
+@click.option("--model-key", required=True)
+@click.option("--dataset-key", required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--members", type=int, default=5, show_default=True)
+@click.option("--qualities", default="-1,10,1,0.3", show_default=True, help="Annotation qualities (beta); -1 is perfect.")
+@click.option("--methods", default="bt,clf", show_default=True)
+@click.option("--hidden", default="1024,512", show_default=True)
+@click.option("--bon", default=None, help="N values (default: 1..500 capped at K).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--store", "store_uri", default=None, envvar="EMBRM_STORE")
+def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed,
+                           store_uri) -> None:
+    """Mean vs min vs single ensembles across annotation qualities: one figure, one table."""
+    from embrm.pipeline.reproduce import ReproduceConfig, markdown, qualities_arg, reproduce_ensemble
+    from embrm.rm.cli import parse_ns
+    from embrm.store import open_store
+
+    rc = ReproduceConfig(methods=tuple(m for m in methods.split(",") if m), qualities=qualities_arg(qualities),
+                         members=members, hidden=tuple(int(h) for h in hidden.split(",") if h), seed=seed)
+    rows = reproduce_ensemble(open_store(store_uri), model_key, dataset_key, Path(out), rc, parse_ns(bon),
+                              log=click.echo)
+    click.echo(markdown(rows))
+    click.echo(f"wrote {out}/ensemble.png, ensemble.md, ensemble.csv")

@@ -1,0 +1,142 @@
+"""``embrm generate``: sample K responses per prompt from a causal LM.
+
+Writes a multi-response dataset (``prompt``, ``responses[K]``) that ``embrm extract``
+reads directly. Progress goes to ``<out>.partial.jsonl`` one prompt per line, flushed as
+each batch finishes, so a killed run resumes where it stopped; the final file (JSONL or
+Parquet by suffix) appears atomically when every prompt is done.
+
+Sampling is seeded per batch from (seed, index of the batch's first prompt), so a re-run
+of the same command reproduces the same responses.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from embrm.errors import EmbrmError
+from embrm.pipeline.files import read_records, write_records
+
+BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "demo_prompts.txt"
+
+
+@dataclass
+class GenerateConfig:
+    prompts: str  # a .txt (one prompt a line), .jsonl/.json/.parquet/.csv with a prompt column, or "builtin"
+    out: str
+    model: str | None = None
+    revision: str | None = None
+    k: int = 8
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_prompts: int = 16
+    dtype: str = "auto"
+    device: str = "auto"
+    prompt_column: str = "prompt"
+    limit: int | None = None
+    quiet: bool = False
+    trust_remote_code: bool = False
+
+
+def load_prompts(source: str, column: str = "prompt", limit: int | None = None) -> list[str]:
+    path = BUILTIN_PROMPTS if source == "builtin" else Path(source)
+    if not path.exists():
+        raise EmbrmError(f"prompt file {source} does not exist")
+    if path.suffix == ".txt":
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip() and not line.startswith("#")]
+    else:
+        recs = read_records(path)
+        if recs and column not in recs[0]:
+            raise EmbrmError(f"{path.name} has no {column!r} column; pass --prompt-column")
+        prompts = [str(r[column]) for r in recs]
+    if not prompts:
+        raise EmbrmError(f"{source} holds no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Generate and write the dataset; returns counts. Safe to kill and re-run."""
+    import torch
+
+    from embrm.extractor.models import load_tokenizer, resolve_device, resolve_dtype, resolve_model
+
+    if cfg.k < 1 or cfg.max_new_tokens < 1:
+        raise EmbrmError("--k and --max-new-tokens must be positive")
+    out = Path(cfg.out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise EmbrmError(f"--out {out.name}: use a .jsonl or .parquet file name")
+    prompts = load_prompts(cfg.prompts, cfg.prompt_column, cfg.limit)
+    t0 = time.perf_counter()
+    if out.exists():
+        done = {r["prompt"] for r in read_records(out)}
+        if set(prompts) <= done:
+            return {"prompts": len(prompts), "generated": 0, "reused": len(prompts), "seconds": 0.0, "out": str(out)}
+    partial = _partial(out)
+    have: dict[str, list[str]] = {}
+    if partial.exists():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if len(r.get("responses", [])) == cfg.k:
+                have[r["prompt"]] = r["responses"]
+    todo = [i for i, p in enumerate(prompts) if p not in have]
+    generated = 0
+    if todo:
+        src = resolve_model(cfg.model, cfg.revision)
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        tok = load_tokenizer(src, cfg.trust_remote_code)
+        tok.padding_side = "left"  # decoder-only generation continues from the right edge
+        from transformers import AutoModelForCausalLM
+
+        kw: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": cfg.trust_remote_code}
+        if src.gguf_file:
+            kw["gguf_file"] = src.gguf_file
+        model = AutoModelForCausalLM.from_pretrained(src.load_path, **kw).to(device).eval()
+        use_chat = bool(getattr(tok, "chat_template", None))
+        bar = None
+        if not cfg.quiet:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="generate")
+        with open(partial, "a", encoding="utf-8") as f:
+            for s in range(0, len(todo), cfg.batch_prompts):
+                idx = todo[s:s + cfg.batch_prompts]
+                batch = [prompts[i] for i in idx]
+                texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) if use_chat else p for p in batch]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not use_chat).to(device)
+                torch.manual_seed(cfg.seed * 1_000_003 + idx[0])
+                with torch.inference_mode():
+                    outs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                          max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.k,
+                                          pad_token_id=tok.pad_token_id)
+                new = outs[:, enc["input_ids"].shape[1]:]
+                texts_out = tok.batch_decode(new, skip_special_tokens=True)
+                for j, p in enumerate(batch):
+                    resp = [t.strip() for t in texts_out[j * cfg.k:(j + 1) * cfg.k]]
+                    have[p] = resp
+                    f.write(json.dumps({"prompt": p, "responses": resp}, ensure_ascii=False) + "\n")
+                f.flush()
+                generated += len(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+                if on_batch:
+                    on_batch(len(batch))
+        if bar is not None:
+            bar.close()
+    write_records(out, [{"prompt": p, "responses": have[p]} for p in prompts])
+    partial.unlink(missing_ok=True)
+    return {"prompts": len(prompts), "generated": generated, "reused": len(prompts) - generated,
+            "seconds": time.perf_counter() - t0, "out": str(out)}
