@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from embrm.cli import main as cli
 from embrm.errors import EmbrmError
-from embrm.extractor import Columns, ExtractConfig, extract
+from embrm.extractor import ExtractConfig, extract
 from embrm.extractor.batching import token_budget_batches
 from embrm.extractor.formatting import encode_batch
 from embrm.extractor.pooling import pool
@@ -105,6 +104,37 @@ def test_response_start_for_each_format(tiny_model):
     assert tok.decode(e.ids) == "abcd" and e.response_start == 4
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_batched_extraction_equals_one_example_at_a_time(tmp_path, tiny_model, padding_side, pooling):
+    """Length-sorted, padded batches (either padding side) == each example alone, unpadded."""
+    import shutil
+
+    model_dir = tmp_path / f"tiny-{padding_side}"
+    shutil.copytree(tiny_model, model_dir)
+    cfg_path = model_dir / "tokenizer_config.json"
+    tc = json.loads(cfg_path.read_text())
+    tc["padding_side"] = padding_side
+    cfg_path.write_text(json.dumps(tc))
+    assert AutoTokenizer.from_pretrained(model_dir).padding_side == padding_side
+    data = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    res = extract(_cfg(tmp_path, model_dir, data, pooling=pooling, batch_tokens=200, layers=(-1, 1)))
+    store = open_store(tmp_path / "store")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    m = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = [(p["prompt"], p[r]) for p in PAIRS for r in ("chosen", "rejected")]
+    for layer in (-1, 1):
+        got = store.load(res.model_hash, res.dataset_hash, layer=layer).vectors
+        for i, (p, r) in enumerate(rows):
+            ids = tok(p + r)["input_ids"]
+            start = len(tok(p)["input_ids"])  # one token per character in this tokenizer
+            with torch.inference_mode():
+                out = m(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            h = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])[0]
+            want = h[-1] if pooling == "last" else h[start:].mean(0)
+            np.testing.assert_allclose(got[i], want.numpy(), atol=2e-5)
+
+
 def test_extract_matches_per_example_forward_and_restores_order(tmp_path, tiny_model):
     data = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
     res = extract(_cfg(tmp_path, tiny_model, data, batch_tokens=64, window=3))
@@ -136,7 +166,7 @@ def test_cached_items_are_never_recomputed_and_all_cached_skips_the_model(tmp_pa
 def test_duplicate_items_in_a_dataset_are_computed_once(tmp_path, tiny_model):
     recs = [{"prompt": "p", "response": "same"}, {"prompt": "q", "response": "x"}, {"prompt": "p", "response": "same"}]
     res = extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "d.jsonl", recs)))
-    assert (res.computed, res.skipped, res.status) == (2, 1, "complete")
+    assert (res.computed, res.duplicates, res.skipped, res.status) == (2, 1, 0, "complete")
     emb = open_store(tmp_path / "store").load(res.model_hash, res.dataset_hash)
     np.testing.assert_array_equal(emb.vectors[0], emb.vectors[2])
 
@@ -194,7 +224,7 @@ def test_bad_extraction_input_is_refused_and_store_untouched(tmp_path, tiny_mode
     with pytest.raises(EmbrmError, match="out of range: the model has 2 layers"):
         extract(_cfg(tmp_path, tiny_model, data, layers=(-1, 7)))
     store = open_store(tmp_path / "store")
-    assert not any(n.startswith("vec_") for n in store._names())
+    assert store._names() == {"catalog", "embrm_meta"} and store.entries() == []  # nothing written
     with pytest.raises(EmbrmError, match="cannot tell the dataset's shape"):
         extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "x.jsonl", [{"question": "a", "answer": "b"}])))
     with pytest.raises(EmbrmError, match="neither a model directory"):
@@ -203,6 +233,27 @@ def test_bad_extraction_input_is_refused_and_store_untouched(tmp_path, tiny_mode
         extract(_cfg(tmp_path, tmp_path, data))
     with pytest.raises(EmbrmError, match="does not exist"):
         extract(_cfg(tmp_path, tiny_model, tmp_path / "missing.jsonl"))
+    bad_gguf = tmp_path / "broken.gguf"
+    bad_gguf.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(EmbrmError, match="cannot load the tokenizer of .*broken.gguf"):
+        extract(_cfg(tmp_path, bad_gguf, data))
+    if not torch.cuda.is_available():
+        with pytest.raises(EmbrmError, match="--device cuda was asked for but torch sees no CUDA"):
+            extract(_cfg(tmp_path, tiny_model, data, device="cuda"))
+    with pytest.raises(EmbrmError, match=r"record 1 has no column 'rejected'; its columns are \['chosen', 'prompt'\]"):
+        extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "y.jsonl", [PAIRS[0], {"prompt": "a", "chosen": "b"}])))
+    assert store._names() == {"catalog", "embrm_meta"} and store.entries() == []
+
+
+def test_empty_or_non_string_text_errors_or_is_skipped_and_counted(tmp_path, tiny_model):
+    recs = [PAIRS[0], {**PAIRS[1], "rejected": "  "}, {**PAIRS[2], "chosen": 7}, PAIRS[3]]
+    data = _jsonl(tmp_path / "bad.jsonl", recs)
+    with pytest.raises(EmbrmError, match="record 1: rejected is empty; .*--skip-bad-rows"):
+        extract(_cfg(tmp_path, tiny_model, data))
+    res = extract(_cfg(tmp_path, tiny_model, data, skip_bad_rows=True))
+    assert (res.rows, res.skipped, res.computed, res.status) == (4, 2, 4, "complete")
+    emb = open_store(tmp_path / "store").load(res.model_hash, res.dataset_hash)
+    assert sorted(set(emb.prompt_id)) == [0, 3] and "skipped 2" in res.report()
 
 
 def test_cli_extract_prints_keys_and_counts(tmp_path, tiny_model):

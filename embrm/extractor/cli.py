@@ -33,13 +33,14 @@ def register(main: click.Group) -> None:
 @click.option("--reward-col", default="reward", show_default=True)
 @click.option("--label-col", default="label", show_default=True)
 @click.option("--messages-col", default="messages", show_default=True)
+@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) records with an empty or non-string text.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--store", "store_uri", default=None, envvar="EMBRM_STORE", help="Store path or URI.")
 def extract_cmd(model, revision, dataset, split, ds_config, input_format, pooling, layers, dtype, device,
                 max_length, truncation_side, batch_tokens, window, limit, prompt_col, response_col, chosen_col,
                 rejected_col, responses_col, rewards_col, reward_col, label_col, messages_col,
-                trust_remote_code, quiet, store_uri) -> None:
+                skip_bad_rows, trust_remote_code, quiet, store_uri) -> None:
     """Embed every (prompt, response) of a dataset into the store, once."""
     from embrm.extractor import Columns, ExtractConfig, extract
     from embrm.extractor.extract import parse_layers
@@ -50,7 +51,7 @@ def extract_cmd(model, revision, dataset, split, ds_config, input_format, poolin
                         columns=cols, limit=limit, input_format=input_format, pooling=pooling,
                         layers=parse_layers(layers), dtype=dtype, device=device, max_length=max_length,
                         truncation_side=truncation_side, batch_tokens=batch_tokens, window=window, store=store_uri,
-                        quiet=quiet, trust_remote_code=trust_remote_code)
+                        quiet=quiet, trust_remote_code=trust_remote_code, skip_bad_rows=skip_bad_rows)
     if quiet:
         from transformers.utils import logging as hf_logging
 

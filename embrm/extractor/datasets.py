@@ -56,6 +56,7 @@ class DatasetSpec:
     revision: str | None = None
     limit: int | None = None
     columns: Columns = Columns()
+    skip_bad_rows: bool = False  # skip (and count) records with an empty or non-string text
 
     def display(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source}
@@ -244,7 +245,8 @@ def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
         n += 1
     cut = chosen.rfind(ASSISTANT, 0, n)  # the match must lie wholly inside the shared prefix
     if cut < 0:
-        raise EmbrmError("an HH-RLHF pair has no shared '\\n\\nAssistant:' turn; is this the HH format?")
+        raise BadRecord("an HH-RLHF pair has no shared '\\n\\nAssistant:' turn; is this the HH format? "
+                        "(--skip-bad-rows skips such records)")
     end = cut + len(ASSISTANT)
     return chosen[:end], chosen[end:], rejected[end:]
 
@@ -261,9 +263,16 @@ def _num(v: Any, what: str, i: int) -> float | None:
     return x
 
 
+class BadRecord(EmbrmError):
+    """A record with an empty or non-string text; ``--skip-bad-rows`` skips such records."""
+
+
 def _text(v: Any, what: str, i: int) -> str:
     if not isinstance(v, str):
-        raise EmbrmError(f"record {i}: {what} must be text, got {type(v).__name__}")
+        raise BadRecord(f"record {i}: {what} must be text, got {type(v).__name__}; fix the data or pass "
+                        "--skip-bad-rows to skip such records")
+    if not v.strip():
+        raise BadRecord(f"record {i}: {what} is empty; fix the data or pass --skip-bad-rows to skip such records")
     return v
 
 
@@ -281,53 +290,72 @@ def _messages(msgs: Any, i: int) -> tuple[str, str]:
     return prompt, _text(msgs[last]["content"], "assistant content", i)
 
 
-def normalise(records: Iterator[dict[str, Any]], c: Columns) -> Iterator[dict[str, Any]]:
+def normalise(records: Iterator[dict[str, Any]], c: Columns, skip_bad: bool = False,
+              stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """Records -> rows ``{prompt, response, prompt_id, response_index, role, label, reward}``.
 
     Every record must have the first record's shape. Pointwise rows that share a prompt
-    text share a prompt id, so they load into ``(prompts, K, D)``.
+    text share a prompt id, so they load into ``(prompts, K, D)``. A record with an empty
+    or non-string text is an error, or with ``skip_bad`` is dropped whole (a pair stays a
+    pair) and counted in ``stats["skipped"]``.
     """
     shape = None
     prompt_ids: dict[str, int] = {}
     counts: dict[int, int] = {}
+    stats = stats if stats is not None else {}
+    stats.setdefault("skipped", 0)
     for i, rec in enumerate(records):
         if shape is None:
             shape = detect_shape(rec, c)
         try:
-            if shape == "pairwise":
-                p = _text(rec[c.prompt], c.prompt, i)
-                pairs = [(_text(rec[c.chosen], c.chosen, i), "chosen", 1.0),
-                         (_text(rec[c.rejected], c.rejected, i), "rejected", 0.0)]
-                for j, (r, role, lab) in enumerate(pairs):
-                    yield _row(p, r, i, j, role, lab, None)
-            elif shape == "hh":
-                p, ch, rj = split_hh(_text(rec[c.chosen], c.chosen, i), _text(rec[c.rejected], c.rejected, i))
-                yield _row(p, ch, i, 0, "chosen", 1.0, None)
-                yield _row(p, rj, i, 1, "rejected", 0.0, None)
-            elif shape == "multi":
-                p = _text(rec[c.prompt], c.prompt, i)
-                rs = rec[c.responses]
-                if not isinstance(rs, list) or not rs:
-                    raise EmbrmError(f"record {i}: {c.responses} must be a non-empty list")
-                rw = rec.get(c.rewards)
-                if rw is not None and (not isinstance(rw, list) or len(rw) != len(rs)):
-                    raise EmbrmError(f"record {i}: {c.rewards} must list one reward per response ({len(rs)})")
-                for j, r in enumerate(rs):
-                    yield _row(p, _text(r, c.responses, i), i, j, "", None,
-                               None if rw is None else _num(rw[j], c.rewards, i))
-            else:
-                if shape == "messages":
-                    p, r = _messages(rec[c.messages], i)
-                else:
-                    p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
-                pk = hashlib.sha1(p.encode()).hexdigest()
-                pid = prompt_ids.setdefault(pk, len(prompt_ids))
-                j = counts.get(pid, 0)
-                counts[pid] = j + 1
-                yield _row(p, r, pid, j, "", _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i))
+            rows = list(_record_rows(rec, i, shape, c, prompt_ids, counts))
+        except BadRecord:
+            if not skip_bad:
+                raise
+            stats["skipped"] += 1
+            continue
         except KeyError as e:
-            raise EmbrmError(f"record {i} has no column {e.args[0]!r} (the first record's shape is {shape}); "
-                             "every record needs the same columns") from None
+            raise EmbrmError(f"record {i} has no column {e.args[0]!r}; its columns are {sorted(rec)} (the first "
+                             f"record's shape is {shape}): every record needs the same columns") from None
+        yield from rows
+
+
+def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns, prompt_ids: dict[str, int],
+                 counts: dict[int, int]) -> Iterator[dict[str, Any]]:
+    """The rows of one record; raises before yielding anything if the record is bad."""
+    if shape == "pairwise":
+        p = _text(rec[c.prompt], c.prompt, i)
+        pairs = [(_text(rec[c.chosen], c.chosen, i), "chosen", 1.0),
+                 (_text(rec[c.rejected], c.rejected, i), "rejected", 0.0)]
+        for j, (r, role, lab) in enumerate(pairs):
+            yield _row(p, r, i, j, role, lab, None)
+    elif shape == "hh":
+        p, ch, rj = split_hh(_text(rec[c.chosen], c.chosen, i), _text(rec[c.rejected], c.rejected, i))
+        ch, rj = _text(ch, f"{c.chosen} reply", i), _text(rj, f"{c.rejected} reply", i)
+        yield _row(p, ch, i, 0, "chosen", 1.0, None)
+        yield _row(p, rj, i, 1, "rejected", 0.0, None)
+    elif shape == "multi":
+        p = _text(rec[c.prompt], c.prompt, i)
+        rs = rec[c.responses]
+        if not isinstance(rs, list) or not rs:
+            raise EmbrmError(f"record {i}: {c.responses} must be a non-empty list")
+        rw = rec.get(c.rewards)
+        if rw is not None and (not isinstance(rw, list) or len(rw) != len(rs)):
+            raise EmbrmError(f"record {i}: {c.rewards} must list one reward per response ({len(rs)})")
+        for j, r in enumerate(rs):
+            yield _row(p, _text(r, c.responses, i), i, j, "", None,
+                       None if rw is None else _num(rw[j], c.rewards, i))
+    else:
+        if shape == "messages":
+            p, r = _messages(rec[c.messages], i)
+        else:
+            p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
+        label, reward = _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i)
+        pk = hashlib.sha1(p.encode()).hexdigest()
+        pid = prompt_ids.setdefault(pk, len(prompt_ids))
+        j = counts.get(pid, 0)
+        counts[pid] = j + 1
+        yield _row(p, r, pid, j, "", label, reward)
 
 
 def _row(prompt: str, response: str, pid: int, idx: int, role: str, label: float | None,
@@ -336,8 +364,8 @@ def _row(prompt: str, response: str, pid: int, idx: int, role: str, label: float
             "role": role, "label": label, "reward": reward}
 
 
-def iter_rows(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
-    return normalise(iter_records(spec), spec.columns)
+def iter_rows(spec: DatasetSpec, stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    return normalise(iter_records(spec), spec.columns, spec.skip_bad_rows, stats)
 
 
 def dataset_kind(spec: DatasetSpec) -> str:

@@ -1,7 +1,10 @@
 """The extraction loop: dataset -> missing items -> batched forward passes -> store.
 
-1. Read the dataset once to fingerprint it (content hash of the normalised rows).
-2. Pin the model (hub commit or weight-file hash) and build the model fingerprint.
+1. Read the dataset once to fingerprint it (content hash of the normalised rows) and
+   to key its items.
+2. Pin the model (hub commit or weight-file hash) and build the model fingerprint. If
+   any item lacks a vector, load the tokenizer and model now, so that a bad model,
+   tokenizer or layer fails before anything is written.
 3. Write the dataset's rows table (idempotent) and open a catalog entry.
 4. Scan the rows table in windows; drop items this model already has a vector for,
    whichever dataset they came from. If nothing is missing the model is never loaded.
@@ -9,7 +12,8 @@
    pool, and commit the window's vectors (in position order) as one store write.
 
 A crash loses at most one window; re-running the same command continues from there.
-Memory stays flat in the dataset size: rows stream from disk, vectors leave per window.
+Memory stays flat in the dataset size apart from the item keys (32 bytes a row): rows
+stream from disk, and vectors leave per window.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ class ExtractConfig:
     store: str | None = None
     quiet: bool = False
     trust_remote_code: bool = False
+    skip_bad_rows: bool = False
 
     def validate(self) -> None:
         if self.input_format not in FORMATS:
@@ -86,7 +91,8 @@ class ExtractResult:
     rows: int
     computed: int
     cached: int
-    skipped: int  # rows whose item appeared earlier in this dataset (computed once)
+    skipped: int  # bad records skipped with skip_bad_rows
+    duplicates: int  # rows whose item appeared earlier in this dataset (computed once)
     truncated: int
     tokens: int
     seconds: float
@@ -99,8 +105,8 @@ class ExtractResult:
         return "\n".join([
             f"model    {self.model_name}  [{short(self.model_hash)}]",
             f"dataset  {self.dataset_name}  [{short(self.dataset_hash)}]  ({self.kind}, {self.rows} rows)",
-            f"computed {self.computed}   cached {self.cached}   skipped {self.skipped}   "
-            f"truncated {self.truncated}   status {self.status}",
+            f"computed {self.computed}   cached {self.cached}   duplicates {self.duplicates}   "
+            f"truncated {self.truncated}   skipped {self.skipped}   status {self.status}",
             f"time     {self.seconds:.1f} s" + (f"   {tps:,.0f} tok/s in forward passes" if self.model_loaded
                                                 else "   (all cached: model not loaded)"),
         ])
@@ -161,9 +167,11 @@ class _Runner:
                 width = max(lengths[i] for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
+                left = self.tok.padding_side == "left"  # honour the tokenizer's padding side
                 for r, i in enumerate(batch):
-                    ids[r, : lengths[i]] = torch.tensor(enc[i].ids)
-                    mask[r, : lengths[i]] = 1
+                    sl = slice(width - lengths[i], width) if left else slice(0, lengths[i])
+                    ids[r, sl] = torch.tensor(enc[i].ids)
+                    mask[r, sl] = 1
                 start = torch.tensor([enc[i].response_start for i in batch])
                 if pin:
                     ids, mask, start = ids.pin_memory(), mask.pin_memory(), start.pin_memory()
@@ -190,11 +198,22 @@ def extract(cfg: ExtractConfig, store: Store | None = None,
     """
     t0 = time.perf_counter()
     cfg.validate()
-    spec = DatasetSpec(cfg.dataset, cfg.split, cfg.config, cfg.dataset_revision, cfg.limit, cfg.columns)
+    spec = DatasetSpec(cfg.dataset, cfg.split, cfg.config, cfg.dataset_revision, cfg.limit, cfg.columns,
+                       cfg.skip_bad_rows)
     kind = dataset_kind(spec)
     hasher = DatasetHasher()
-    for r in iter_rows(spec):
+    stats: dict[str, int] = {}
+    key_chunks: list[pa.Array] = []
+    buf: list[str] = []
+    for r in iter_rows(spec, stats):
         hasher.update(r)
+        buf.append(item_key(r["prompt"], r["response"]))
+        if len(buf) == 65536:
+            key_chunks.append(pa.array(buf, pa.string()))
+            buf = []
+    key_chunks.append(pa.array(buf, pa.string()))
+    if hasher.count == 0:
+        raise EmbrmError(f"dataset {cfg.dataset} has no usable rows")
     n_rows, dataset_hash = hasher.count, hasher.hexdigest()
 
     src = resolve_model(cfg.model, cfg.revision)
@@ -208,12 +227,18 @@ def extract(cfg: ExtractConfig, store: Store | None = None,
     config = {**fp.as_dict(), "kind": src.kind, "revision": src.revision, "gguf_file": src.gguf_file}
 
     store = store or open_store(cfg.store, create=True)
+    cached_keys = store.cached_keys(model_hash)
+    all_keys = pa.chunked_array(key_chunks, pa.string())
+    if not pc.all(pc.is_in(all_keys, value_set=cached_keys)).as_py():
+        # something must be computed: load now, so a bad model, tokenizer or layer fails
+        # before anything is written
+        runner.tokenizer()
+        runner.ensure_model()
+    del all_keys, key_chunks
     store.write_dataset_rows(dataset_hash, _keyed_rows(spec), n_rows)
     store.begin_entry(model_hash, fp.name, config, dataset_hash, spec.name, spec.display(), kind, n_rows)
-
-    cached_keys = store.cached_keys(model_hash)
     done: set[str] = set()
-    computed = cached = skipped = tokens = 0
+    computed = cached = duplicates = tokens = 0
     bar = _progress(n_rows, cfg.quiet)
     ds = store.table(S.dataset_table(dataset_hash)).to_lance()
     compute_s = 0.0
@@ -226,15 +251,13 @@ def extract(cfg: ExtractConfig, store: Store | None = None,
             if is_cached[i]:
                 cached += 1
             elif k in done or k in todo:
-                skipped += 1
+                duplicates += 1
             else:
                 todo[k] = i
         if todo:
             sel = pa.array(list(todo.values()))
             prompts = batch.column("prompt").take(sel).to_pylist()
             responses = batch.column("response").take(sel).to_pylist()
-            runner.tokenizer()
-            runner.ensure_model()  # loading is not forward time
             tc = time.perf_counter()
             vecs, n_tok, trunc, ntok = runner.embed(prompts, responses)
             compute_s += time.perf_counter() - tc
@@ -250,7 +273,8 @@ def extract(cfg: ExtractConfig, store: Store | None = None,
     if bar is not None:
         bar.close()
     entry = store.finish_entry(model_hash, dataset_hash)
-    return ExtractResult(fp.name, model_hash, spec.name, dataset_hash, kind, n_rows, computed, cached, skipped,
+    return ExtractResult(fp.name, model_hash, spec.name, dataset_hash, kind, n_rows, computed, cached,
+                         stats["skipped"], duplicates,
                          entry.truncated, tokens, time.perf_counter() - t0, compute_s, runner.model is not None, entry.status)
 
 

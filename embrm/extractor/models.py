@@ -175,26 +175,43 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool = False) -> Any:
         kw["revision"] = src.revision
     try:
         tok = AutoTokenizer.from_pretrained(src.load_path, **kw)
-    except (OSError, ValueError) as e:
-        raise EmbrmError(f"cannot load the tokenizer of {src.source}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # transformers raises many types for unreadable files
+        raise EmbrmError(f"cannot load the tokenizer of {src.source} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
     return tok
 
 
-def load_model(src: ModelSource, dtype: str, device: str, trust_remote_code: bool = False) -> Any:
-    """The base transformer (no LM head: embeddings need hidden states, not logits)."""
+def pretrained_kwargs(src: ModelSource, dtype: str, trust_remote_code: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a source. GGUF weights are unpacked into a dense
+    model of the requested dtype, so matmuls run on the native (bf16/AMX) kernels rather
+    than per-call dequantisation."""
     import torch
-    from transformers import AutoModel
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
+        try:
+            from transformers import GgufConfig
+
+            kw["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers always unpack GGUF weights
+            pass
     if src.revision and src.kind == "hub":
         kw["revision"] = src.revision
+    return kw
+
+
+def load_model(src: ModelSource, dtype: str, device: str, trust_remote_code: bool = False) -> Any:
+    """The base transformer (no LM head: embeddings need hidden states, not logits)."""
+    from transformers import AutoModel
+
+    kw = pretrained_kwargs(src, dtype, trust_remote_code)
     try:
         model = AutoModel.from_pretrained(src.load_path, **kw)
-    except (OSError, ValueError) as e:
-        raise EmbrmError(f"cannot load model {src.source}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # transformers raises many types for unreadable files
+        raise EmbrmError(f"cannot load model {src.source} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:200]})") from None
     model.eval()
     return model.to(device)

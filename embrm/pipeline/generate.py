@@ -67,7 +67,8 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
     """Generate and write the dataset; returns counts. Safe to kill and re-run."""
     import torch
 
-    from embrm.extractor.models import load_tokenizer, resolve_device, resolve_dtype, resolve_model
+    from embrm.extractor.models import (load_tokenizer, pretrained_kwargs, resolve_device, resolve_dtype,
+                                        resolve_model)
 
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise EmbrmError("--k and --max-new-tokens must be positive")
@@ -100,10 +101,8 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
         tok.padding_side = "left"  # decoder-only generation continues from the right edge
         from transformers import AutoModelForCausalLM
 
-        kw: dict[str, Any] = {"dtype": getattr(torch, dtype), "trust_remote_code": cfg.trust_remote_code}
-        if src.gguf_file:
-            kw["gguf_file"] = src.gguf_file
-        model = AutoModelForCausalLM.from_pretrained(src.load_path, **kw).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            src.load_path, **pretrained_kwargs(src, dtype, cfg.trust_remote_code)).to(device).eval()
         use_chat = bool(getattr(tok, "chat_template", None))
         bar = None
         if not cfg.quiet:
