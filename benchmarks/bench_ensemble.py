@@ -1,9 +1,11 @@
 """Batched ensemble vs the same members trained one after another, same settings.
 
 Both sides use ``embrm.rm.train`` with identical settings (fixed epochs, no early
-stopping, bf16 autocast where native, batch 1024): one run with ``ensemble=M`` against M
-runs with ``ensemble=1`` and seeds 0..M-1. Data as in ``bench_rm.py``. Prints a table and
-writes JSON.
+stopping, bf16 autocast where native): one run with ``ensemble=M`` against M runs with
+``ensemble=1`` and seeds 0..M-1. Two model sizes: the seed paper's D->1024->512->1 MLP
+with batch 1024 (compute-bound: each member's matmuls already fill a small CPU), and a
+small D->64->1 MLP with batch 256 (overhead-bound, where batching members pays). Data as
+in ``bench_rm.py``. Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -31,9 +33,10 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/ensemble.json")
     a = ap.parse_args()
     rows = []
-    for dim in (int(d) for d in a.dims.split(",")):
+    sizes = {"1024,512 / batch 1024": ((1024, 512), 1024), "64 / batch 256": ((64,), 256)}
+    for dim, (size, (hidden, batch)) in ((int(d), sz) for d in a.dims.split(",") for sz in sizes.items()):
         x, tr, va = data(dim, a.pairs, 5000)
-        cfg = dict(method="bt", batch_size=1024, max_epochs=a.epochs, patience=a.epochs + 1)
+        cfg = dict(method="bt", hidden=hidden, batch_size=batch, max_epochs=a.epochs, patience=a.epochs + 1)
         t = time.perf_counter()
         m = train(x, tr, va, TrainConfig(ensemble=a.members, **cfg))
         batched = time.perf_counter() - t
@@ -42,16 +45,17 @@ def main() -> None:
         seq_scores = [train(x, tr, va, TrainConfig(ensemble=1, seed=s, **cfg)).score(x)[0] for s in range(a.members)]
         sequential = time.perf_counter() - t
         ss = np.mean(seq_scores, 0)
-        row = {"dim": dim, "members": a.members, "epochs": a.epochs, "batched_s": batched, "sequential_s": sequential,
+        row = {"dim": dim, "mlp": size, "members": a.members, "epochs": a.epochs, "batched_s": batched, "sequential_s": sequential,
                "speedup": sequential / batched, "acc_batched": pairwise_accuracy(sb[va.a], sb[va.b], va.y),
                "acc_sequential": pairwise_accuracy(ss[va.a], ss[va.b], va.y)}
         rows.append(row)
         print(row, flush=True)
     print(f"\n# {a.pairs} pairs, {a.members} members, {a.epochs} epochs each; {platform.machine()}, {os.cpu_count()} "
           f"cores, torch {torch.__version__}")
-    print(f"{'D':>5s} {'sequential (s)':>15s} {'batched (s)':>12s} {'speed-up':>9s} {'acc seq':>8s} {'acc batched':>12s}")
+    print(f"{'D':>5s} {'hidden / batch':22s} {'sequential (s)':>15s} {'batched (s)':>12s} {'speed-up':>9s} "
+          f"{'acc seq':>8s} {'acc batched':>12s}")
     for r in rows:
-        print(f"{r['dim']:5d} {r['sequential_s']:15.1f} {r['batched_s']:12.1f} {r['speedup']:8.1f}x "
+        print(f"{r['dim']:5d} {r['mlp']:22s} {r['sequential_s']:15.1f} {r['batched_s']:12.1f} {r['speedup']:8.1f}x "
               f"{r['acc_sequential']:8.3f} {r['acc_batched']:12.3f}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(rows, indent=2))

@@ -53,7 +53,11 @@ def extract_cmd(model, revision, dataset, split, ds_config, input_format, poolin
                         truncation_side=truncation_side, batch_tokens=batch_tokens, window=window, store=store_uri,
                         quiet=quiet, trust_remote_code=trust_remote_code, skip_bad_rows=skip_bad_rows)
     if quiet:
+        import os
+
         from transformers.utils import logging as hf_logging
+
+        os.environ["TQDM_DISABLE"] = "1"  # also the GGUF loader's own bars
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()

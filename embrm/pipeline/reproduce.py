@@ -99,6 +99,9 @@ def _figure(curves: dict[tuple[str, float], dict[str, Any]], rc: ReproduceConfig
                 ax.plot(m["N"], m["aggregations"][agg]["bon"], color=colors[agg], ls=styles[q % len(styles)],
                         marker="o", ms=2.5, label=f"{agg}, {_quality(beta)}")
         ax.set_xscale("log")
+        ns = curves[(method, rc.qualities[0])]["N"]
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
         ax.set_title(f"{method.upper()} ensemble of {rc.members}")
         ax.set_xlabel("N")
         ax.set_ylabel("golden reward of best-of-N (held-out prompts)")

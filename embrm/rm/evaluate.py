@@ -46,6 +46,9 @@ def evaluate_multi(scores: np.ndarray, gold: np.ndarray, ns: list[int] | None = 
         out["aggregations"][how] = {
             "bon": bon.mean(0).tolist(),
             "bon_se": (bon.std(0, ddof=1) / np.sqrt(p)).tolist() if p > 1 else [0.0] * len(ns),
+            # the gain over a random pick, per prompt: its spread is the method's, not the prompts'
+            "bon_gain_se": ((bon - gold.mean(1, keepdims=True)).std(0, ddof=1) / np.sqrt(p)).tolist()
+            if p > 1 else [0.0] * len(ns),
             "bon_quantile": bon_quantile(s, gold, ns).mean(0).tolist(),
             "spearman": nanmean(spearman_per_prompt(s, gold)),
             "kendall": nanmean(kendall_per_prompt(s, gold)),

@@ -17,20 +17,26 @@ def _plt() -> Any:
 
 
 def bon_curves(metrics: dict[str, Any], out: Path, title: str = "") -> Path:
-    """Best-of-N golden reward against N, one line per aggregation, 95% bands across prompts."""
+    """Best-of-N golden reward against N, one line per aggregation.
+
+    Bands are 95% intervals of the gain over a random pick across prompts: prompts differ
+    in how much reward any response gets, and that spread says nothing about the model.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     ns = np.array(metrics["N"])
     for how, v in metrics["aggregations"].items():
-        m, se = np.array(v["bon"]), np.array(v["bon_se"])
+        m, se = np.array(v["bon"]), np.array(v.get("bon_gain_se", v["bon_se"]))
         ax.plot(ns, m, marker="o", ms=3, label=how)
         ax.fill_between(ns, m - 1.96 * se, m + 1.96 * se, alpha=0.15)
     ax.plot(ns, metrics["oracle"], ls="--", c="grey", label="oracle (gold picks)")
     ax.axhline(metrics["random"], ls=":", c="k", label="random pick")
     ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
     ax.set_xlabel("N (responses sampled)")
     ax.set_ylabel("golden reward of best-of-N pick")
-    ax.set_title(title or "Best-of-N")
+    ax.set_title((title or "Best-of-N") + "\n(bands: 95% CI of the gain over a random pick)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
