@@ -157,7 +157,7 @@ def test_generate_annotate_extract_train_chain_and_reproduce(tmp_path, tiny_mode
     data = tmp_path / "r.jsonl"
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"Prompt {i}: say something {'nice' if i % 2 else 'bad'}." for i in range(30)))
-    generate(GenerateConfig(prompts=str(prompts), out=str(data), model=str(tiny_model), k=4, max_new_tokens=8,
+    generate(GenerateConfig(prompts=str(prompts), out=str(data), model=str(tiny_model), k=4, max_new_tokens=16, min_new_tokens=4,
                             dtype="float32", quiet=True))
     annotate(AnnotateConfig(dataset=str(data), quiet=True))
     r = extract(ExtractConfig(dataset=str(data), model=str(tiny_model), dtype="float32", store=str(tmp_path / "s"),

@@ -32,6 +32,7 @@ class GenerateConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 64
+    min_new_tokens: int = 1  # an immediate end-of-sequence gives an empty response, which extract refuses
     seed: int = 0
     batch_prompts: int = 16
     dtype: str = "auto"
@@ -119,7 +120,8 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
                 torch.manual_seed(cfg.seed * 1_000_003 + idx[0])
                 with torch.inference_mode():
                     outs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.k,
+                                          max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
+                                          num_return_sequences=cfg.k,
                                           pad_token_id=tok.pad_token_id)
                 new = outs[:, enc["input_ids"].shape[1]:]
                 texts_out = tok.batch_decode(new, skip_special_tokens=True)
