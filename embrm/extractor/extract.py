@@ -18,7 +18,7 @@ stream from disk, and vectors leave per window.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -285,6 +285,3 @@ def _progress(total: int, quiet: bool) -> Any:
 
     return tqdm(total=total, unit="row", desc="extract", dynamic_ncols=True)
 
-
-def config_dict(cfg: ExtractConfig) -> dict[str, Any]:
-    return asdict(cfg)

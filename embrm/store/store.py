@@ -215,17 +215,6 @@ class Store:
             ) from None
         return d[0]
 
-    def resolve_dataset(self, dataset: str) -> str:
-        """A dataset hash from a name, hash or unique prefix, across all models."""
-        entries = self.entries()
-        hits = {e.dataset_hash for e in _match(entries, dataset, "dataset_hash", "dataset_name", "dataset")}
-        return hits.pop()
-
-    def resolve_model(self, model: str) -> str:
-        entries = self.entries()
-        hits = {e.model_hash for e in _match(entries, model, "model_hash", "model_name", "model")}
-        return hits.pop()
-
     # ---------------------------------------------------------------- datasets
     def dataset_rows_complete(self, dataset_hash: str, n_rows: int) -> bool:
         name = S.dataset_table(dataset_hash)
