@@ -284,6 +284,9 @@ def test_two_concurrent_writers_leave_no_duplicates(store_path, py):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     _check_exactly_once(store_path, n)
+    store = open_store(store_path)
+    assert len(store.entries()) == 1
+    assert store.table(S.dataset_table("d" * 64)).count_rows() == n
 
 
 def test_cli_store_commands(store_path, tmp_path):

@@ -11,6 +11,7 @@ Reading (``load``) lives in :mod:`embrm.store.loader`, export in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -158,6 +159,29 @@ class Store:
     def _catalog(self) -> Any:
         return self.table(S.CATALOG_TABLE)
 
+    @contextlib.contextmanager
+    def _write_lock(self, name: str) -> Iterator[None]:
+        """Serialise check-and-insert commits to one table across local processes.
+
+        ``merge_insert`` alone is not enough: two processes that both start from a version
+        without some key were seen to insert it twice. Under this lock each insert is
+        planned on the table's latest version. Object stores have no such lock; there
+        duplicates that a race leaves are harmless to loads (the first copy is used).
+        """
+        if is_remote(self.uri):
+            yield
+            return
+        import fcntl
+
+        d = Path(self.uri.removeprefix("file://")) / "_embrm_locks"
+        d.mkdir(exist_ok=True)
+        with open(d / f"{name}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     @property
     def cache_dir(self) -> Path:
         """Where memory-mappable materialisations of loads live (never the truth)."""
@@ -235,11 +259,12 @@ class Store:
             except Exception:
                 if not self.has_table(name):
                     raise
-        tbl = self.table(name)
         for chunk in _chunks(rows, ROW_CHUNK):
             data = pa.Table.from_pylist(chunk, schema=S.ROW_SCHEMA)
-            _retry(lambda: tbl.merge_insert("position").when_not_matched_insert_all().execute(data))
-        got = tbl.count_rows()
+            with self._write_lock(name):
+                tbl = self.table(name)  # the latest version, under the lock
+                _retry(lambda: tbl.merge_insert("position").when_not_matched_insert_all().execute(data))
+        got = self.table(name).count_rows()
         if got != n_rows:
             raise EmbrmError(
                 f"dataset {short(dataset_hash)} has {got} stored rows but {n_rows} were expected; "
@@ -345,8 +370,9 @@ class Store:
             created = self.vector_info(model_hash)
             if created is not None and created[:2] != (dim, dtype):
                 raise EmbrmError(f"another writer created model {short(model_hash)} with {created}")
-        tbl = self.table(name)
-        _retry(lambda: tbl.merge_insert("item_key").when_not_matched_insert_all().execute(data))
+        with self._write_lock(name):
+            tbl = self.table(name)  # the latest version, under the lock
+            _retry(lambda: tbl.merge_insert("item_key").when_not_matched_insert_all().execute(data))
 
     # ------------------------------------------------------------------ entries
     def begin_entry(
@@ -363,9 +389,8 @@ class Store:
         """Record that an extraction of this (model, dataset) has started (status partial)."""
         if kind not in S.KINDS:
             raise EmbrmError(f"dataset kind {kind!r} is unknown; use one of {S.KINDS}")
-        old = self._entry_row(model_hash, dataset_hash)
         now = _now()
-        row = old or {
+        row = {
             "entry_id": f"{model_hash}:{dataset_hash}",
             "model_hash": model_hash,
             "model_name": model_name,
@@ -385,8 +410,9 @@ class Store:
             "updated_at": now,
             "embrm_version": __version__,
         }
-        if old is None:
-            self._put_entry(row)
+        with self._write_lock(S.CATALOG_TABLE):  # check and insert as one step
+            if self._entry_row(model_hash, dataset_hash) is None:
+                self._put_entry(row)
 
     def finish_entry(self, model_hash: str, dataset_hash: str, compact: bool = True) -> Entry:
         """Count what is stored for the entry, set its status, and compact the tables.
@@ -417,7 +443,8 @@ class Store:
         )
         if info is not None:
             row.update(dim=info[0], dtype=info[1], layers=json.dumps(list(info[2])))
-        self._put_entry(row)
+        with self._write_lock(S.CATALOG_TABLE):
+            self._put_entry(row)
         if compact:
             self.optimize_table(S.vector_table(model_hash))
         return Entry.from_row(row)
@@ -544,7 +571,10 @@ def open_store(uri: str | os.PathLike[str] | None = None, create: bool = False,
             raise EmbrmError(f"{uri} is a file, not an embrm store; pass --store with a directory")
         if not p.exists() and not create:
             raise EmbrmError(f"no embrm store at {uri}; run `embrm extract` to create one, or pass --store")
-        if p.is_dir() and any(p.iterdir()) and not (p / f"{S.META_TABLE}.lance").exists():
+        # another process may be creating this store right now: its catalog appears first
+        being_created = {f"{S.CATALOG_TABLE}.lance", f"{S.META_TABLE}.lance"}
+        if p.is_dir() and not (p / f"{S.META_TABLE}.lance").exists() and \
+                any(c.name not in being_created for c in p.iterdir()):
             raise EmbrmError(f"{uri} is not an embrm store (no {S.META_TABLE} table); pass --store with an embrm store")
         if create:
             p.mkdir(parents=True, exist_ok=True)
