@@ -1,7 +1,10 @@
 """Length-sorted, token-budget batches: padding close to zero, order restored later."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 512) -> list[list[int]]:
@@ -26,3 +29,18 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch: i
     if cur:
         batches.append(cur)
     return batches
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Token id lists -> (ids, attention mask) tensors padded to the longest, on the
+    left or the right."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, sl] = torch.tensor(s, dtype=torch.long)
+        mask[r, sl] = 1
+    return ids, mask

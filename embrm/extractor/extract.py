@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embrm.errors import EmbrmError
-from embrm.extractor.batching import token_budget_batches
+from embrm.extractor.batching import pad_batch, token_budget_batches
 from embrm.extractor.datasets import Columns, DatasetSpec, dataset_kind, iter_rows
 from embrm.extractor.formatting import FORMATS, encode_batch, template_text
 from embrm.extractor.models import (load_model, load_tokenizer, resolve_device, resolve_dtype,
@@ -164,14 +164,8 @@ class _Runner:
         with torch.inference_mode():
             budget = cfg.batch_tokens or (2048 if self.device == "cpu" else 32768)
             for batch in token_budget_batches(lengths, budget):
-                width = max(lengths[i] for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                left = self.tok.padding_side == "left"  # honour the tokenizer's padding side
-                for r, i in enumerate(batch):
-                    sl = slice(width - lengths[i], width) if left else slice(0, lengths[i])
-                    ids[r, sl] = torch.tensor(enc[i].ids)
-                    mask[r, sl] = 1
+                # honour the tokenizer's padding side; pooling is correct under either
+                ids, mask = pad_batch([enc[i].ids for i in batch], pad, left=self.tok.padding_side == "left")
                 start = torch.tensor([enc[i].response_start for i in batch])
                 if pin:
                     ids, mask, start = ids.pin_memory(), mask.pin_memory(), start.pin_memory()

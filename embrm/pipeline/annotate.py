@@ -87,7 +87,7 @@ class SequenceClassifierScorer:
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         import torch
 
-        from embrm.extractor.batching import token_budget_batches
+        from embrm.extractor.batching import pad_batch, token_budget_batches
 
         if self.chat:
             texts = [self.tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
@@ -100,12 +100,7 @@ class SequenceClassifierScorer:
         out = np.empty(len(ids))
         with torch.inference_mode():
             for batch in token_budget_batches(lengths, self.cfg.batch_tokens):
-                w = max(lengths[i] for i in batch)
-                x = torch.full((len(batch), w), self.tok.pad_token_id)
-                m = torch.zeros((len(batch), w), dtype=torch.long)
-                for r, i in enumerate(batch):
-                    x[r, :lengths[i]] = torch.tensor(ids[i])
-                    m[r, :lengths[i]] = 1
+                x, m = pad_batch([ids[i] for i in batch], int(self.tok.pad_token_id))
                 logits = self.model(input_ids=x.to(self.device), attention_mask=m.to(self.device)).logits.float()
                 score = logits[:, 0] if logits.shape[1] == 1 else logits[:, -1] - torch.logsumexp(logits[:, :-1], 1)
                 out[batch] = score.cpu().numpy()
