@@ -424,16 +424,13 @@ class Store:
         if row is None:
             raise EmbrmError(f"no entry for model {short(model_hash)} and dataset {short(dataset_hash)}")
         keys = self.dataset_rows(dataset_hash, ["item_key"]).column("item_key")
-        cached = self.cached_keys(model_hash)
-        present = pc.is_in(keys, value_set=cached)
-        stored = int(pc.sum(present).as_py() or 0)
         info = self.vector_info(model_hash)
-        truncated = 0
-        if info is not None and stored:
+        stored = truncated = 0
+        if info is not None:  # one scan gives both presence and truncation flags
             vt = self.table(S.vector_table(model_hash)).to_lance().to_table(columns=["item_key", "truncated"])
-            idx = pc.index_in(keys, value_set=vt.column("item_key"))
-            flags = pc.take(vt.column("truncated"), pc.drop_null(idx))
-            truncated = int(pc.sum(flags).as_py() or 0)
+            idx = pc.index_in(keys, value_set=vt.column("item_key").combine_chunks())
+            stored = len(keys) - idx.null_count
+            truncated = int(pc.sum(pc.take(vt.column("truncated"), pc.drop_null(idx))).as_py() or 0)
         row = dict(row)
         row.update(
             rows=stored,
@@ -495,8 +492,8 @@ class Store:
             if vt is None:
                 continue
             have = vt.to_lance().to_table(columns=["item_key"]).column("item_key")
-            wanted = pa.chunked_array([k for c in keys for k in c.chunks], pa.string()) if keys else pa.chunked_array([], pa.string())
-            orphan = pc.filter(have, pc.invert(pc.is_in(have, value_set=wanted.combine_chunks())))
+            wanted = pa.chunked_array([c for k in keys for c in k.chunks], pa.string()).combine_chunks()
+            orphan = pc.filter(have, pc.invert(pc.is_in(have, value_set=wanted)))
             if len(orphan):
                 for chunk in _chunks(orphan.to_pylist(), 1000):
                     lst = ",".join(f"'{k}'" for k in chunk)
