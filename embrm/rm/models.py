@@ -1,9 +1,11 @@
 """An ensemble of MLP reward models as one batched model.
 
 Member weights are stacked: layer l holds ``(M, d_in, d_out)``, and one ``baddbmm``
-runs all M members at once. On a CPU this turns M small matmuls into one large one and
-is where most of the ensemble speed-up comes from. With ``hidden=()`` each member is a
-linear model (used for linear Bradley-Terry).
+runs all M members at once, so a step costs one dispatch per layer whatever M is. That
+pays where per-step overhead dominates (small heads, linear models, small batches, a
+GPU); for the seed's 1M-parameter MLP on a few CPU cores each member's matmuls already
+run at the GEMM rate and batching saves little (see ``benchmarks/bench_ensemble.py``).
+With ``hidden=()`` each member is a linear model (used for linear Bradley-Terry).
 """
 from __future__ import annotations
 
@@ -30,14 +32,52 @@ class EnsembleMLP(nn.Module):
             self.biases.append(nn.Parameter((torch.rand(members, 1, d_out, generator=g) * 2 - 1) * bound
                                             if bias else torch.zeros(members, 1, d_out), requires_grad=bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (N, D) shared by all members, or (M, N, D) one batch per member -> (M, N)."""
-        h = x.expand(self.members, *x.shape) if x.dim() == 2 else x
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.to(h.dtype), h, w.to(h.dtype))
+    def forward(self, x: torch.Tensor, group: int | None = None) -> torch.Tensor:
+        """``x``: (N, D) shared by all members, or (M, N, D) one batch per member -> (M, N).
+
+        Matmuls run in ``x``'s dtype: pass bf16 rows for bf16 compute against fp32
+        master weights (cast per call, so gradients still reach the fp32 weights).
+        ``group`` runs the members that many at a time (see :meth:`forward_rows`).
+        """
+        if x.dim() == 2:
+            return self.forward_rows(x, None, group)
+        return torch.cat([self._chain(h, layers) for h, layers in zip(x.split(group or self.members),
+                                                                       self._layers(x.dtype, group))])
+
+    def forward_rows(self, table: torch.Tensor, index: torch.Tensor | None, group: int | None = None) -> torch.Tensor:
+        """Rewards (M, R) where member m scores rows ``index[m]`` (M, R) of ``table`` (T, D).
+
+        ``index=None`` has every member score every row of ``table``. Members run
+        ``group`` at a time (all by default): each group gathers its own rows and does
+        one batched matmul per layer. On a CPU a group should be small enough for its
+        activations to stay in cache: a (10, 2048, 1024) activation does not, and then
+        one batched matmul over all members runs slower than the same members one by
+        one. On a GPU, use one group.
+        """
+        out = []
+        layer_groups = self._layers(table.dtype, group)
+        for g, layers in enumerate(layer_groups):
+            if index is None:
+                h = table.expand(len(layers[0][0]), *table.shape)
+            else:
+                idx = index[g * (group or self.members):(g + 1) * (group or self.members)]
+                h = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+            out.append(self._chain(h, layers))
+        return torch.cat(out)
+
+    def _layers(self, dtype: torch.dtype, group: int | None) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per member group, each layer's (weight, bias) in ``dtype``: one cast and one split
+        a layer, so that autograd joins the groups' gradients with one copy."""
+        g = group or self.members
+        per_layer = [zip(w.to(dtype).split(g), b.to(dtype).split(g)) for w, b in zip(self.weights, self.biases)]
+        return [list(layers) for layers in zip(*per_layer)]
+
+    def _chain(self, h: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        last = len(layers) - 1
+        for i, (w, b) in enumerate(layers):
+            h = torch.baddbmm(b, h, w)
             if i < last:
-                h = torch.relu(h)
+                h = torch.relu_(h)  # in place: baddbmm's backward does not need its output
         return h.squeeze(-1)
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,9 @@ The training loop is written out here, not hidden in a framework:
   matmul per layer);
 * each member has its own seed: its own initialisation and its own order of pairs, or a
   bootstrap resample of them when asked;
-* matmuls run in bfloat16 autocast on CPUs with native bf16 (the loss stays fp32);
+* matmuls run in bfloat16 on CPUs with native bf16: the embeddings are cast once,
+  before the first epoch, and each step gathers its rows already in bf16 (the master
+  weights, the optimiser and the loss stay fp32);
 * each pair is seen once per epoch in one orientation (the Siamese BT loss is symmetric,
   so the seed code's second ordering adds nothing but time);
 * early stopping on validation loss, per member: each keeps its best epoch's weights.
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
+from embrm.hardware import cpu_has_fast_bf16
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.pairs import Pairs
 
@@ -43,6 +46,7 @@ class TrainConfig:
     bootstrap: bool = False
     seed: int = 0
     bf16: bool | None = None  # None: where the CPU has native bf16 matmul
+    member_group: int = 0  # members per batched matmul; 0: as many as fit the CPU cache
     lgbm_rounds: int = 500
 
     def validate(self) -> None:
@@ -50,7 +54,7 @@ class TrainConfig:
             raise EmbrmError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.ensemble < 1:
             raise EmbrmError("--ensemble must be at least 1")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
+        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0 or self.member_group < 0:
             raise EmbrmError("batch size, epochs and learning rate must be positive")
 
 
@@ -104,23 +108,62 @@ def check_embeddings(x: np.ndarray, what: str) -> np.ndarray:
 def _use_bf16(flag: bool | None) -> bool:
     if flag is not None:
         return flag
-    from embrm.extractor.models import cpu_has_fast_bf16
-
     return cpu_has_fast_bf16()
 
 
-def _loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, method: str,
-          bf16: bool) -> torch.Tensor:
-    """Per-member mean loss, (M,). ``a``, ``b``, ``y``: (M, B) pair indices and labels."""
-    xa, xb = x[a], x[b]  # (M, B, D)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        r = net(torch.cat([xa, xb], 1))
-    r = r.float()
-    ra, rb = r[:, : a.shape[1]], r[:, a.shape[1]:]
+def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
+    """Per-member mean loss, (M,), from fp32 rewards ``ra``, ``rb`` (M, B) and labels ``y``."""
     if method == "clf":  # each response alone: winner 1, loser 0
         return (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
                 + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
     return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
+
+
+# Activation bytes one batched matmul over a group of members may touch. Measured on the
+# 2-core dev machine (benchmarks/bench_ensemble.py): all 10 members of the seed-size MLP
+# in one group (65 MB at D=576, 126 MB at D=2048) train 20-40% slower than one member at
+# a time, while small heads and linear models (2-3 MB a member) are fastest in one group;
+# 1 to 4 members of the seed-size MLP are the same within this machine's noise.
+CACHE_BUDGET = 32 << 20
+
+
+def members_per_group(members: int, rows: int, sizes: list[int], itemsize: int) -> int:
+    """How many members share one batched matmul so a group's widest layer (input plus
+    output activations) stays within :data:`CACHE_BUDGET`."""
+    widest = max(d_in + d_out for d_in, d_out in zip(sizes[:-1], sizes[1:]))
+    return max(1, min(members, CACHE_BUDGET // (rows * widest * itemsize)))
+
+
+def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
+               method: str, group: int) -> torch.Tensor:
+    """Per-member loss on one minibatch; ``a``, ``b``, ``y``: (M, B), one row of pairs per member.
+
+    Both sides of every pair go through the net as one (M, 2B) batch of rows of ``x``,
+    gathered group by group, already in ``x``'s compute dtype.
+    """
+    r = net.forward_rows(x, torch.cat([a, b], 1), group).float()
+    return _pair_loss(r[:, : a.shape[1]], r[:, a.shape[1]:], y, method)
+
+
+class _Validation:
+    """Validation loss of every member, scoring each validation item once.
+
+    Members share the validation pairs, so the items are scored as one (N, D) batch that
+    all members read, instead of gathering a copy of every pair for every member.
+    """
+
+    def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, group: int | None = None, chunk: int = 8192):
+        items, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
+        self.x, self.items, self.chunk, self.group = x, torch.from_numpy(items), chunk, group
+        self.a = torch.from_numpy(inverse[: len(pairs)]).long()
+        self.b = torch.from_numpy(inverse[len(pairs):]).long()
+        self.y = torch.from_numpy(pairs.y.astype(np.float32)).expand(members, len(pairs))
+
+    def __call__(self, net: EnsembleMLP, method: str) -> np.ndarray:
+        with torch.inference_mode():
+            r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk]), self.group).float()
+                           for s in range(0, len(self.items), self.chunk)], 1)
+            return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).numpy()
 
 
 def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig) -> RewardModel:
@@ -137,14 +180,19 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
     torch.manual_seed(cfg.seed)
     hidden = () if cfg.method == "linear" else cfg.hidden
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear")
+    # fused: one kernel per parameter tensor instead of a dozen elementwise passes, about 5x
+    # faster a step on CPU, and the same update
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
-    bf16 = _use_bf16(cfg.bf16)
+                           weight_decay=cfg.weight_decay, fused=True)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if _use_bf16(cfg.bf16):
+        xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
     ta, tb = torch.from_numpy(train_pairs.a), torch.from_numpy(train_pairs.b)
     ty = torch.from_numpy(train_pairs.y.astype(np.float32))
-    va, vb = torch.from_numpy(val_pairs.a), torch.from_numpy(val_pairs.b)
-    vy = torch.from_numpy(val_pairs.y.astype(np.float32))
+    sizes = [x.shape[1], *hidden, 1]
+    group = cfg.member_group or members_per_group(cfg.ensemble, 2 * cfg.batch_size, sizes, xt.element_size())
+    validation = _Validation(xt, val_pairs, cfg.ensemble, members_per_group(cfg.ensemble, 8192, sizes,
+                                                                                xt.element_size()))
     m, n = cfg.ensemble, len(train_pairs)
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
     best = net.state()
@@ -161,19 +209,12 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
             order = torch.from_numpy(np.stack([g.permutation(n) for g in gens]))
         for s in range(0, n, cfg.batch_size):
             idx = order[:, s:s + cfg.batch_size]
-            loss = _loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, bf16)
+            loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, group)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members are independent: the sum's gradient is each one's
             opt.step()
         net.eval()
-        with torch.inference_mode():
-            vl = torch.zeros(m)
-            for s in range(0, len(val_pairs), 8192):
-                sl = slice(s, s + 8192)
-                k = va[sl].shape[0]
-                vl += _loss(net, xt, va[sl].expand(m, k), vb[sl].expand(m, k), vy[sl].expand(m, k),
-                            cfg.method, bf16) * k
-            vl = (vl / len(val_pairs)).numpy()
+        vl = validation(net, cfg.method)
         state = net.state()
         for i in range(m):
             if vl[i] < best_loss[i] - 1e-5:

@@ -1,0 +1,19 @@
+"""What the CPU can do, read without importing anything heavy.
+
+Both the extractor and the reward-model trainer choose bf16 by default only where the
+CPU multiplies bf16 natively. This lives in its own module so that training on numpy
+arrays does not pay for importing transformers or LanceDB (seconds on a small machine).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
