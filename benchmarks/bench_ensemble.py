@@ -93,7 +93,7 @@ def main() -> None:
         floor = matmul_floor(dim, hidden, batch, len(tr), 2 * len(va), a.epochs, a.members, bf16)
         row = {"dim": dim, "model": name, "members": a.members, "epochs": a.epochs, "batched_s": min(batched),
                "sequential_s": min(sequential), "all_batched_s": batched, "all_sequential_s": sequential,
-               "group": members_per_group(a.members, 2 * batch, [dim, *hidden, 1], 2 if bf16 == torch.bfloat16 else 4),
+               "group": members_per_group(a.members, 2 * batch, hidden, 2 if bf16 == torch.bfloat16 else 4),
                "one_group_s": min(one_group), "all_one_group_s": one_group,
                "speedup": min(sequential) / min(batched), "matmul_floor_s": floor,
                "speedup_ceiling": min(sequential) / floor,

@@ -187,8 +187,8 @@ def test_member_groups_give_the_same_rewards_and_gradients():
         for g, want in zip(out[group][1], out[None][1]):
             torch.testing.assert_close(g, want)
     assert out[None][0][3, 7] == out[None][2][3, index[3, 7]]  # member m scores row index[m]
-    assert members_per_group(10, 2048, [576, 1024, 512, 1], 2) < 10 <= members_per_group(10, 512, [576, 64, 1], 2)
-    assert members_per_group(10, 10**7, [4096, 4096, 1], 4) == 1
+    assert members_per_group(10, 2048, (1024, 512), 2) < 10 == members_per_group(10, 512, (64,), 2)
+    assert members_per_group(10, 10**7, (4096,), 4) == 1 and members_per_group(10, 10**7, (), 4) == 10
 
 
 def test_bf16_and_fp32_training_agree():

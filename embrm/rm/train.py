@@ -119,19 +119,21 @@ def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str)
     return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
 
 
-# Activation bytes one batched matmul over a group of members may touch. Measured on the
-# 2-core dev machine (benchmarks/bench_ensemble.py): all 10 members of the seed-size MLP
-# in one group (65 MB at D=576, 126 MB at D=2048) train 20-40% slower than one member at
-# a time, while small heads and linear models (2-3 MB a member) are fastest in one group;
-# 1 to 4 members of the seed-size MLP are the same within this machine's noise.
-CACHE_BUDGET = 32 << 20
+# Hidden-activation bytes that one batched matmul over a group of members may produce.
+# Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, several runs): all 10
+# members of the seed-size MLP in one group ((10, 2048, 1024) activations, 42 MB in bf16)
+# train 5-40% slower than one or two members at a time, while small heads and linear
+# models are fastest with every member in one group.
+CACHE_BUDGET = 8 << 20
 
 
-def members_per_group(members: int, rows: int, sizes: list[int], itemsize: int) -> int:
-    """How many members share one batched matmul so a group's widest layer (input plus
-    output activations) stays within :data:`CACHE_BUDGET`."""
-    widest = max(d_in + d_out for d_in, d_out in zip(sizes[:-1], sizes[1:]))
-    return max(1, min(members, CACHE_BUDGET // (rows * widest * itemsize)))
+def members_per_group(members: int, rows: int, hidden: tuple[int, ...], itemsize: int) -> int:
+    """How many members share one batched matmul: as many as keep a group's widest hidden
+    activation (where ReLU and its backward run) within :data:`CACHE_BUDGET`. A linear
+    model has none, so all its members go together."""
+    if not hidden:
+        return members
+    return max(1, min(members, CACHE_BUDGET // (rows * max(hidden) * itemsize)))
 
 
 def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
@@ -189,9 +191,8 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
         xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
     ta, tb = torch.from_numpy(train_pairs.a), torch.from_numpy(train_pairs.b)
     ty = torch.from_numpy(train_pairs.y.astype(np.float32))
-    sizes = [x.shape[1], *hidden, 1]
-    group = cfg.member_group or members_per_group(cfg.ensemble, 2 * cfg.batch_size, sizes, xt.element_size())
-    validation = _Validation(xt, val_pairs, cfg.ensemble, members_per_group(cfg.ensemble, 8192, sizes,
+    group = cfg.member_group or members_per_group(cfg.ensemble, 2 * cfg.batch_size, hidden, xt.element_size())
+    validation = _Validation(xt, val_pairs, cfg.ensemble, members_per_group(cfg.ensemble, 8192, hidden,
                                                                                 xt.element_size()))
     m, n = cfg.ensemble, len(train_pairs)
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
