@@ -52,7 +52,7 @@ class EnsembleMLP(nn.Module):
         one batched matmul per layer. On a CPU a group should be small enough for its
         activations to stay in cache: a (10, 2048, 1024) activation does not, and then
         one batched matmul over all members runs slower than the same members one by
-        one. On a GPU, use one group.
+        one.
         """
         out = []
         layer_groups = self._layers(table.dtype, group)

@@ -120,10 +120,10 @@ def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str)
 
 
 # Hidden-activation bytes that one batched matmul over a group of members may produce.
-# Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, several runs): all 10
-# members of the seed-size MLP in one group ((10, 2048, 1024) activations, 42 MB in bf16)
-# train 5-40% slower than one or two members at a time, while small heads and linear
-# models are fastest with every member in one group.
+# Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, three runs): all 10
+# members of the seed-size MLP at D=576 in one group ((10, 2048, 1024) activations, 42 MB
+# in bf16) trained 11-31% slower than groups of one to five (at D=2048: both ways), while
+# small heads and linear models were fastest with every member in one group.
 CACHE_BUDGET = 8 << 20
 
 
