@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -71,6 +72,12 @@ def test_aggregations_and_metrics():
     assert ece < 1e-3
     ece, *_ = expected_calibration_error(np.full(1000, 10.0), np.zeros(1000), np.zeros(1000))
     assert ece > 0.99
+    from embrm.rm.metrics import pairwise_accuracy
+
+    assert pairwise_accuracy(np.array([2.0, 1.0, 1.0]), np.array([1.0, 3.0, 1.0]), np.array([1.0, 1.0, 0.0])) == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" from a held-out set of all-tied golds
+        assert np.isnan(pairwise_accuracy(np.zeros(0), np.zeros(0), np.zeros(0)))
 
 
 def test_pairs_annotators_and_splits():

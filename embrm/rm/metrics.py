@@ -100,7 +100,13 @@ def kendall_per_prompt(proxy: np.ndarray, gold: np.ndarray) -> np.ndarray:
 
 
 def pairwise_accuracy(score_a: np.ndarray, score_b: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of pairs whose higher-scored item is the labelled winner (ties count 1/2)."""
+    """Fraction of pairs whose higher-scored item is the labelled winner (ties count 1/2).
+
+    NaN for no pairs (e.g. held-out prompts whose golden rewards all tie), like the other
+    undefined metrics, so tables show it as missing rather than as a number.
+    """
+    if len(y) == 0:
+        return float("nan")
     pred = np.sign(score_a - score_b)
     truth = np.where(y > 0.5, 1.0, -1.0)
     return float(np.mean(np.where(pred == 0, 0.5, pred == truth)))
