@@ -31,7 +31,8 @@ import torch
 from bench_rm import data
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import pairwise_accuracy
-from embrm.rm.train import _use_bf16, members_per_group
+from embrm.rm.models import members_per_group
+from embrm.rm.train import _use_bf16
 
 
 def _mm_seconds(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 5) -> float:

@@ -1,7 +1,8 @@
 """An ensemble of MLP reward models as one batched model.
 
 Member weights are stacked: layer l holds ``(M, d_in, d_out)``, and one ``baddbmm``
-runs all M members at once, so a step costs one dispatch per layer whatever M is. That
+runs a whole group of members (all M unless their activations would overflow the cache,
+see :func:`members_per_group`), so a step costs a dispatch per layer and group. That
 pays where per-step overhead dominates (small heads, linear models, small batches, a
 GPU); for the seed's 1M-parameter MLP on a few CPU cores each member's matmuls already
 run at the GEMM rate and batching saves little (see ``benchmarks/bench_ensemble.py``).
@@ -13,6 +14,23 @@ import math
 
 import torch
 from torch import nn
+
+
+# Hidden-activation bytes that one batched matmul over a group of members may produce.
+# Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, three runs): all 10
+# members of the seed-size MLP at D=576 in one group ((10, 2048, 1024) activations, 42 MB
+# in bf16) trained 11-31% slower than groups of one to five (at D=2048: both ways), while
+# small heads and linear models were fastest with every member in one group.
+CACHE_BUDGET = 8 << 20
+
+
+def members_per_group(members: int, rows: int, hidden: tuple[int, ...], itemsize: int) -> int:
+    """How many members share one batched matmul: as many as keep a group's widest hidden
+    activation (where ReLU and its backward run) within :data:`CACHE_BUDGET`. A linear
+    model has none, so all its members go together."""
+    if not hidden:
+        return members
+    return max(1, min(members, CACHE_BUDGET // (rows * max(hidden) * itemsize)))
 
 
 class EnsembleMLP(nn.Module):
@@ -41,35 +59,36 @@ class EnsembleMLP(nn.Module):
         """
         if x.dim() == 2:
             return self.forward_rows(x, None, group)
-        return torch.cat([self._chain(h, layers) for h, layers in zip(x.split(group or self.members),
-                                                                       self._layers(x.dtype, group))])
+        group = group or members_per_group(self.members, x.shape[1], self.hidden, x.element_size())
+        return torch.cat([self._chain(h, layers) for h, layers in zip(x.split(group), self._layers(x.dtype, group))])
 
     def forward_rows(self, table: torch.Tensor, index: torch.Tensor | None, group: int | None = None) -> torch.Tensor:
         """Rewards (M, R) where member m scores rows ``index[m]`` (M, R) of ``table`` (T, D).
 
         ``index=None`` has every member score every row of ``table``. Members run
-        ``group`` at a time (all by default): each group gathers its own rows and does
+        ``group`` at a time (by default as many as :func:`members_per_group` allows for
+        the number of rows): each group gathers its own rows and does
         one batched matmul per layer. On a CPU a group should be small enough for its
         activations to stay in cache: a (10, 2048, 1024) activation does not, and then
         one batched matmul over all members runs slower than the same members one by
         one.
         """
+        rows = len(table) if index is None else index.shape[1]
+        group = group or members_per_group(self.members, rows, self.hidden, table.element_size())
         out = []
-        layer_groups = self._layers(table.dtype, group)
-        for g, layers in enumerate(layer_groups):
+        for g, layers in enumerate(self._layers(table.dtype, group)):
             if index is None:
                 h = table.expand(len(layers[0][0]), *table.shape)
             else:
-                idx = index[g * (group or self.members):(g + 1) * (group or self.members)]
+                idx = index[g * group:(g + 1) * group]
                 h = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
             out.append(self._chain(h, layers))
         return torch.cat(out)
 
-    def _layers(self, dtype: torch.dtype, group: int | None) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _layers(self, dtype: torch.dtype, group: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Per member group, each layer's (weight, bias) in ``dtype``: one cast and one split
         a layer, so that autograd joins the groups' gradients with one copy."""
-        g = group or self.members
-        per_layer = [zip(w.to(dtype).split(g), b.to(dtype).split(g)) for w, b in zip(self.weights, self.biases)]
+        per_layer = [zip(w.to(dtype).split(group), b.to(dtype).split(group)) for w, b in zip(self.weights, self.biases)]
         return [list(layers) for layers in zip(*per_layer)]
 
     def _chain(self, h: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

@@ -92,9 +92,7 @@ class RewardModel:
         with torch.inference_mode():
             for s in range(0, len(x), chunk):
                 xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
-                # a group at a time: (M, 16384, 1024) fp32 activations would be 0.7 GB for M=10
-                group = members_per_group(self.members, len(xb), self.net.hidden, xb.element_size())
-                out[:, s:s + chunk] = self.net(xb, group).float().numpy()
+                out[:, s:s + chunk] = self.net(xb).float().numpy()
         return out
 
 
@@ -121,25 +119,8 @@ def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str)
     return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
 
 
-# Hidden-activation bytes that one batched matmul over a group of members may produce.
-# Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, three runs): all 10
-# members of the seed-size MLP at D=576 in one group ((10, 2048, 1024) activations, 42 MB
-# in bf16) trained 11-31% slower than groups of one to five (at D=2048: both ways), while
-# small heads and linear models were fastest with every member in one group.
-CACHE_BUDGET = 8 << 20
-
-
-def members_per_group(members: int, rows: int, hidden: tuple[int, ...], itemsize: int) -> int:
-    """How many members share one batched matmul: as many as keep a group's widest hidden
-    activation (where ReLU and its backward run) within :data:`CACHE_BUDGET`. A linear
-    model has none, so all its members go together."""
-    if not hidden:
-        return members
-    return max(1, min(members, CACHE_BUDGET // (rows * max(hidden) * itemsize)))
-
-
 def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-               method: str, group: int) -> torch.Tensor:
+               method: str, group: int | None) -> torch.Tensor:
     """Per-member loss on one minibatch; ``a``, ``b``, ``y``: (M, B), one row of pairs per member.
 
     Both sides of every pair go through the net as one (M, 2B) batch of rows of ``x``,
@@ -156,16 +137,16 @@ class _Validation:
     all members read, instead of gathering a copy of every pair for every member.
     """
 
-    def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, group: int | None = None, chunk: int = 8192):
+    def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, chunk: int = 8192):
         items, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
-        self.x, self.items, self.chunk, self.group = x, torch.from_numpy(items), chunk, group
+        self.x, self.items, self.chunk = x, torch.from_numpy(items), chunk
         self.a = torch.from_numpy(inverse[: len(pairs)]).long()
         self.b = torch.from_numpy(inverse[len(pairs):]).long()
         self.y = torch.from_numpy(pairs.y.astype(np.float32)).expand(members, len(pairs))
 
     def __call__(self, net: EnsembleMLP, method: str) -> np.ndarray:
         with torch.inference_mode():
-            r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk]), self.group).float()
+            r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk])).float()
                            for s in range(0, len(self.items), self.chunk)], 1)
             return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).numpy()
 
@@ -193,9 +174,8 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
         xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
     ta, tb = torch.from_numpy(train_pairs.a), torch.from_numpy(train_pairs.b)
     ty = torch.from_numpy(train_pairs.y.astype(np.float32))
-    group = cfg.member_group or members_per_group(cfg.ensemble, 2 * cfg.batch_size, hidden, xt.element_size())
-    validation = _Validation(xt, val_pairs, cfg.ensemble, members_per_group(cfg.ensemble, 8192, hidden,
-                                                                                xt.element_size()))
+    group = cfg.member_group or None  # None: the net sizes its member groups to the cache
+    validation = _Validation(xt, val_pairs, cfg.ensemble)
     m, n = cfg.ensemble, len(train_pairs)
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
     best = net.state()
