@@ -1,6 +1,6 @@
 """Batched ensemble vs the same members trained one after another, same settings.
 
-Both sides use ``embrm.rm.train`` with identical settings (fixed epochs, no early
+Both sides use ``embrm.rm.trainer`` with identical settings (fixed epochs, no early
 stopping, bf16 where native): one run with ``ensemble=M`` against M runs with
 ``ensemble=1`` and seeds 0..M-1. Three models: the seed paper's D->1024->512->1 MLP with
 batch 1024 (compute-bound: each member's matmuls already fill a small CPU), a small
@@ -32,7 +32,7 @@ from bench_rm import data
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import pairwise_accuracy
 from embrm.rm.models import members_per_group
-from embrm.rm.train import _use_bf16
+from embrm.rm.trainer import _use_bf16
 
 
 def _mm_seconds(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 5) -> float:

@@ -6,7 +6,7 @@ D = 576 (SmolLM2) and D = 2048 (Gemma-2B size).
 * seed-style: members one after another, fp32, D->1024->512->1 MLP, Adam 1e-3, batch
   10240, 30 epochs, a fresh random permutation index per step, both orderings of every
   pair (so 40k ordered pairs);
-* embrm: ``embrm.rm.train`` with every member in one batched model, bf16 matmuls where
+* embrm: ``embrm.rm.trainer`` with every member in one batched model, bf16 matmuls where
   the CPU has native bf16, one ordering per pair, early stopping (patience 3).
 
 The seed loop is timed on ``--seed-members`` members and its ensemble time is that

@@ -16,6 +16,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _private_load_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test's load materialisations go to a folder of its own, never ~/.cache."""
+    monkeypatch.setenv("EMBRM_CACHE", str(tmp_path_factory.mktemp("embrm-cache")))
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store"
@@ -59,3 +65,25 @@ def build_tiny_model(path: Path, vocab_words: list[str] | None = None, layers: i
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def extract_config(dataset, model=None, store=None, **kw):
+    """An ExtractConfig from flat keyword arguments, as the tests like to write them."""
+    from dataclasses import fields
+
+    from embrm.extractor.datasets import DatasetSpec
+    from embrm.extractor.embedder import EmbeddingSpec
+    from embrm.extractor.extraction import ExtractConfig, RunOptions
+
+    parts = {}
+    for cls in (DatasetSpec, EmbeddingSpec, RunOptions):
+        names = {f.name for f in fields(cls)}
+        parts[cls] = {k: kw.pop(k) for k in list(kw) if k in names}
+    assert not kw, f"unknown options {kw}"
+    emb = parts[EmbeddingSpec]
+    if model is not None:
+        emb["model"] = str(model)
+    run = parts[RunOptions]
+    if store is not None:
+        run["store"] = str(store)
+    return ExtractConfig(DatasetSpec(str(dataset), **parts[DatasetSpec]), EmbeddingSpec(**emb), RunOptions(**run))

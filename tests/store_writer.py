@@ -11,8 +11,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow as pa
 
 from embrm.store import item_key, open_store
 
@@ -40,8 +38,7 @@ def main() -> None:
     store.write_dataset_rows(DATASET, rows(n), n)
     store.begin_entry(MODEL, "writer-model", {}, DATASET, "writer-data", {}, "pairwise", n)
     keys = [r["item_key"] for r in rows(n)]
-    have = store.cached_keys(MODEL)
-    missing = pc.filter(pa.array(keys), pc.invert(pc.is_in(pa.array(keys), value_set=have))).to_pylist()
+    missing = store.missing_keys(MODEL, keys).to_pylist()
     print(f"missing {len(missing)}", flush=True)
     for s in range(0, len(missing), chunk):
         part = missing[s:s + chunk]

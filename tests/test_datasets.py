@@ -58,6 +58,13 @@ def test_shapes_and_column_mapping(tmp_path):
     rows = _rows(p)
     assert [(r["prompt_id"], r["response_index"], r["reward"], r["label"]) for r in rows] == [
         (0, 0, 2.0, None), (1, 0, None, 1.0), (0, 1, None, None)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "same", "chosen": "a", "rejected": "b"}, {"prompt": "other", "chosen": "c", "rejected": "d"},
+        {"prompt": "same", "chosen": "e", "rejected": "f"}]))
+    rows = _rows(p)  # a repeated prompt keeps its id; its pairs number on: 2m, 2m + 1
+    assert [(r["prompt_id"], r["response_index"], r["role"]) for r in rows] == [
+        (0, 0, "chosen"), (0, 1, "rejected"), (1, 0, "chosen"), (1, 1, "rejected"), (0, 2, "chosen"),
+        (0, 3, "rejected")]
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
             {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
     p.write_text(json.dumps({"messages": msgs[:2]}) + "\n" + json.dumps({"messages": msgs}) + "\n")
@@ -97,11 +104,16 @@ def test_bad_records_give_one_clear_line(tmp_path):
 
 @pytest.mark.skipif(not HH_RLHF.exists(), reason="../shared/data/hh-rlhf is absent")
 def test_real_hh_rlhf_pairs_parse():
-    with pytest.raises(EmbrmError, match="reply is empty"):
-        _rows(HH_RLHF)  # 4 of the real pairs have an empty reply
-    rows = _rows(HH_RLHF, skip_bad_rows=True)
-    assert len(rows) == 2 * 2308
+    rows = _rows(HH_RLHF)  # every pair, the 4 with an empty reply included
+    assert len(rows) == 2 * 2312
+    assert sum(not r["response"].strip() for r in rows) == 4  # a lone space after "Assistant:"
     assert all(r["prompt"].endswith("\n\nAssistant:") for r in rows)
-    chosen = [r for r in rows if r["role"] == "chosen"]
-    assert len(chosen) == 2308 and all(r["response"].strip() for r in rows)
     assert rows[0]["prompt"] == rows[1]["prompt"] and rows[0]["prompt_id"] == rows[1]["prompt_id"] == 0
+    # prompt ids follow the prompt text: records 250 and 1483 both ask "what are racist words"
+    assert rows[2 * 250]["prompt"] == rows[2 * 1483]["prompt"]
+    assert rows[2 * 250]["prompt_id"] == rows[2 * 1483]["prompt_id"]
+    by_prompt: dict[str, set[int]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt"], set()).add(r["prompt_id"])
+    assert all(len(ids) == 1 for ids in by_prompt.values())
+    assert len({r["prompt_id"] for r in rows}) == len(by_prompt) < 2312

@@ -23,6 +23,8 @@ from embrm.extractor.pooling import pool
 from embrm.store import open_store
 from embrm.store import schema as S
 
+from conftest import extract_config
+
 PAIRS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five, I think, or maybe six."},
     {"prompt": "Say hello.", "chosen": " Hello there, friend!", "rejected": " No."},
@@ -56,7 +58,7 @@ def _reference(model_dir: Path, texts: list[str], how: str = "last", starts: lis
 
 def _cfg(tmp_path: Path, model: Path, data: Path, **kw) -> ExtractConfig:
     kw.setdefault("dtype", "float32")
-    return ExtractConfig(dataset=str(data), model=str(model), store=str(tmp_path / "store"), quiet=True, **kw)
+    return extract_config(data, model, tmp_path / "store", quiet=True, **kw)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -158,7 +160,7 @@ def test_cached_items_are_never_recomputed_and_all_cached_skips_the_model(tmp_pa
     r3 = extract(_cfg(tmp_path, tiny_model, c))
     assert (r3.computed, r3.cached, r3.model_loaded, r3.status) == (0, 4, False, "complete")
     store = open_store(tmp_path / "store")
-    assert store.table(S.vector_table(r1.model_hash)).count_rows() == 8
+    assert store.tables.get(S.vector_table(r1.model_hash)).count_rows() == 8
     r4 = extract(_cfg(tmp_path, tiny_model, a, pooling="mean"))  # another fingerprint: computed again
     assert r4.model_hash != r1.model_hash and r4.computed == 6
 
@@ -224,7 +226,7 @@ def test_bad_extraction_input_is_refused_and_store_untouched(tmp_path, tiny_mode
     with pytest.raises(EmbrmError, match="out of range: the model has 2 layers"):
         extract(_cfg(tmp_path, tiny_model, data, layers=(-1, 7)))
     store = open_store(tmp_path / "store")
-    assert store._names() == {"catalog", "embrm_meta"} and store.entries() == []  # nothing written
+    assert store.tables.names() == {"catalog", "embrm_meta"} and store.entries() == []  # nothing written
     with pytest.raises(EmbrmError, match="cannot tell the dataset's shape"):
         extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "x.jsonl", [{"question": "a", "answer": "b"}])))
     with pytest.raises(EmbrmError, match="neither a model directory"):
@@ -242,18 +244,34 @@ def test_bad_extraction_input_is_refused_and_store_untouched(tmp_path, tiny_mode
             extract(_cfg(tmp_path, tiny_model, data, device="cuda"))
     with pytest.raises(EmbrmError, match=r"record 1 has no column 'rejected'; its columns are \['chosen', 'prompt'\]"):
         extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "y.jsonl", [PAIRS[0], {"prompt": "a", "chosen": "b"}])))
-    assert store._names() == {"catalog", "embrm_meta"} and store.entries() == []
+    assert store.tables.names() == {"catalog", "embrm_meta"} and store.entries() == []
 
 
-def test_empty_or_non_string_text_errors_or_is_skipped_and_counted(tmp_path, tiny_model):
-    recs = [PAIRS[0], {**PAIRS[1], "rejected": "  "}, {**PAIRS[2], "chosen": 7}, PAIRS[3]]
+def test_non_string_text_errors_or_is_skipped_and_counted(tmp_path, tiny_model):
+    recs = [PAIRS[0], {"prompt": "", "chosen": "", "rejected": "x"}, {**PAIRS[2], "chosen": 7}, PAIRS[3]]
     data = _jsonl(tmp_path / "bad.jsonl", recs)
-    with pytest.raises(EmbrmError, match="record 1: rejected is empty; .*--skip-bad-rows"):
+    with pytest.raises(EmbrmError, match="record 1: prompt and response are both empty.*--skip-bad-rows"):
         extract(_cfg(tmp_path, tiny_model, data))
     res = extract(_cfg(tmp_path, tiny_model, data, skip_bad_rows=True))
     assert (res.rows, res.skipped, res.computed, res.status) == (4, 2, 4, "complete")
     emb = open_store(tmp_path / "store").load(res.model_hash, res.dataset_hash)
-    assert sorted(set(emb.prompt_id)) == [0, 3] and "skipped 2" in res.report()
+    assert len(set(emb.prompt_id)) == 2 and "skipped 2" in res.report()
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean-all"])
+def test_empty_responses_and_prompts_are_embedded(tmp_path, tiny_model, pooling):
+    """An empty reply (HH-RLHF has four) and an empty prompt (a plain text to embed) are
+    real data: ``last`` and ``mean-all`` pool what is there, and ``mean`` over no response
+    token is the last token's state, as documented."""
+    recs = [{"prompt": "Tell me.", "chosen": "", "rejected": " No."}, {"prompt": "", "chosen": "Hi", "rejected": "Yo"}]
+    res = extract(_cfg(tmp_path, tiny_model, _jsonl(tmp_path / "e.jsonl", recs), pooling=pooling))
+    assert (res.computed, res.skipped, res.status) == (4, 0, "complete")
+    got = open_store(tmp_path / "store").load(res.model_hash, res.dataset_hash).vectors
+    texts = ["Tell me.", "Tell me. No.", "Hi", "Yo"]
+    how = "last" if pooling == "mean" else pooling
+    np.testing.assert_allclose(got[0], _reference(tiny_model, texts[:1], how)[0], atol=2e-5)
+    starts = [len("Tell me."), 0, 0]
+    np.testing.assert_allclose(got[1:], _reference(tiny_model, texts[1:], pooling, starts), atol=2e-5)
 
 
 def test_cli_extract_prints_keys_and_counts(tmp_path, tiny_model):
@@ -266,13 +284,14 @@ def test_cli_extract_prints_keys_and_counts(tmp_path, tiny_model):
     res = CliRunner().invoke(cli, args)
     assert "computed 0   cached 6" in res.output and "model not loaded" in res.output
     res = CliRunner().invoke(cli, [*args, "--layers", "x"])
-    assert res.exit_code == 2 and "--layers 'x' must be comma-separated" in res.output
+    assert res.exit_code == 2 and "'--layers': 'x' must be comma-separated integers" in res.output
 
 
 WINDOW_SCRIPT = """
 import sys
-from embrm.extractor import ExtractConfig, extract
-cfg = ExtractConfig(dataset=sys.argv[1], model=sys.argv[2], store=sys.argv[3], dtype="float32", window=4, quiet=True)
+from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
+cfg = ExtractConfig(DatasetSpec(sys.argv[1]), EmbeddingSpec(model=sys.argv[2], dtype="float32"),
+                    RunOptions(store=sys.argv[3], window=4, quiet=True))
 def slow(n):
     print("window", n, flush=True)
     import time; time.sleep(float(sys.argv[4]))

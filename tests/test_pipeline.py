@@ -152,8 +152,10 @@ def test_annotate_with_a_sequence_classification_model(tmp_path, tiny_model):
 
 
 def test_generate_annotate_extract_train_chain_and_reproduce(tmp_path, tiny_model):
-    from embrm.extractor import ExtractConfig, extract
+    from embrm.extractor import extract
     from embrm.store import open_store
+
+    from conftest import extract_config
 
     data = tmp_path / "r.jsonl"
     prompts = tmp_path / "p.txt"
@@ -161,8 +163,7 @@ def test_generate_annotate_extract_train_chain_and_reproduce(tmp_path, tiny_mode
     generate(GenerateConfig(prompts=str(prompts), out=str(data), model=str(tiny_model), k=4, max_new_tokens=16, min_new_tokens=4,
                             dtype="float32", quiet=True))
     annotate(AnnotateConfig(dataset=str(data), quiet=True))
-    r = extract(ExtractConfig(dataset=str(data), model=str(tiny_model), dtype="float32", store=str(tmp_path / "s"),
-                              quiet=True))
+    r = extract(extract_config(data, tiny_model, tmp_path / "s", dtype="float32", quiet=True))
     assert (r.kind, r.rows) == ("multi", 120)
     rc = ReproduceConfig(qualities=(-1.0, 1.0), members=2, hidden=(16,), epochs=3)
     rows = reproduce_ensemble(open_store(tmp_path / "s"), r.model_hash, r.dataset_hash, tmp_path / "rep", rc,

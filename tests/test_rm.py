@@ -152,7 +152,7 @@ def test_validation_loss_equals_the_per_pair_loss(method):
 
     from embrm.rm.models import EnsembleMLP
     from embrm.rm.pairs import Pairs
-    from embrm.rm.train import _Validation
+    from embrm.rm.trainer import _Validation
 
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((50, 8)).astype(np.float32))

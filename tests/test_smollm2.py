@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HH_RLHF
-from embrm.extractor import ExtractConfig, extract
-from embrm.extractor.models import default_gguf, load_model, resolve_model
+from conftest import HH_RLHF, extract_config
+from embrm.extractor import extract
+from embrm.extractor.models import default_gguf, load_pretrained, resolve_model
 from embrm.store import open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HH_RLHF.exists(), reason="../shared/data/hh-rlhf is absent")]
@@ -15,8 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HH_RLHF.exists(), reason=
 
 def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
     assert default_gguf().suffix == ".gguf"
-    cfg = ExtractConfig(dataset=str(HH_RLHF), limit=6, dtype="float32", max_length=256, store=str(tmp_path / "s"),
-                        quiet=True)
+    cfg = extract_config(HH_RLHF, None, tmp_path / "s", limit=6, dtype="float32", max_length=256, quiet=True)
     res = extract(cfg)
     assert (res.rows, res.computed, res.status, res.kind) == (12, 12, "complete", "pairwise")
     assert res.model_name.startswith("SmolLM2-135M-Instruct")
@@ -25,7 +24,7 @@ def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
     assert emb.vectors.shape == (12, 576) and np.isfinite(emb.vectors).all()
     # batched, length-sorted fp32 equals one-at-a-time fp32
     src = resolve_model(None)
-    model = load_model(src, "float32", "cpu")
+    model = load_pretrained(src, "AutoModel", "float32", "cpu")
     from embrm.extractor.models import load_tokenizer
     from embrm.extractor.formatting import encode_batch
 

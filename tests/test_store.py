@@ -96,11 +96,11 @@ def test_vectors_are_shared_across_datasets(store_path):
                         np.ones(len(missing)), np.zeros(len(missing), bool))
     e = store.finish_entry("m" * 64, "b" * 64)
     assert calls == [2] and e.status == "complete" and e.rows == 6
-    assert store.table(S.vector_table("m" * 64)).count_rows() == 8
+    assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 8
     np.testing.assert_array_equal(store.load("model-x", "data-b").vectors, np.stack([_vec(k) for k in keys_b]))
     # writing the same items again is a no-op, never a duplicate
     store.write_vectors("m" * 64, keys_b, {-1: np.stack([_vec(k) for k in keys_b])}, np.ones(6), np.zeros(6, bool))
-    assert store.table(S.vector_table("m" * 64)).count_rows() == 8
+    assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 8
 
 
 def test_load_cache_follows_table_version(store_path):
@@ -142,7 +142,7 @@ def test_key_resolution_by_name_hash_and_prefix(store_path):
 
 
 def _versions(store) -> dict[str, int]:
-    return {n: store.table(n).version for n in sorted(store._names())}
+    return {n: store.tables.get(n).version for n in sorted(store.tables.names())}
 
 
 def test_bad_writes_leave_the_store_as_it_was(store_path):
@@ -151,9 +151,9 @@ def test_bad_writes_leave_the_store_as_it_was(store_path):
     _write(store, "m" * 64, "d" * 64, rows, _vec)
     before = _versions(store)
     k = [item_key("new", "item")]
-    with pytest.raises(EmbrmError, match="dim 4 but model .* stores dim 8"):
+    with pytest.raises(EmbrmError, match="dim 4 but the table stores dim 8"):
         store.write_vectors("m" * 64, k, {-1: np.zeros((1, 4), np.float32)}, [1], [False])
-    with pytest.raises(EmbrmError, match="float16 but model .* stores float32"):
+    with pytest.raises(EmbrmError, match="float16 but the table stores float32"):
         store.write_vectors("m" * 64, k, {-1: np.zeros((1, 8), np.float16)}, [1], [False], dtype="float16")
     with pytest.raises(EmbrmError, match="layers"):
         store.write_vectors("m" * 64, k, {-2: np.zeros((1, 8), np.float32)}, [1], [False])
@@ -162,7 +162,7 @@ def test_bad_writes_leave_the_store_as_it_was(store_path):
     with pytest.raises(EmbrmError, match="layer 5 was not extracted.*stored layers: -1"):
         store.load("model-x", "dddd", layer=5)
     assert _versions(store) == before
-    assert store.table(S.vector_table("m" * 64)).count_rows() == 4
+    assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 4
 
 
 def test_opening_something_that_is_not_a_store(tmp_path):
@@ -204,9 +204,9 @@ def test_export_rm_gc(store_path, tmp_path):
     store.delete("model-x", "aaa")
     res = store.gc()
     assert res["tables_dropped"] == 1 and res["vectors_deleted"] == 2  # p0's two items
-    assert store.table(S.vector_table("m" * 64)).count_rows() == 4
+    assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 4
     np.testing.assert_array_equal(store.load("model-x", "bbb").vectors, np.stack([_vec(r["item_key"]) for r in b]))
-    assert not any(p.name.startswith(("m" * 16 + "_" + "a" * 16)) for p in store.cache_dir.iterdir())
+    assert not any(p.name.startswith(("m" * 16 + "_" + "a" * 16)) for p in store.cache.dir.iterdir())
 
 
 def test_many_small_writes_are_compacted(store_path):
@@ -216,10 +216,9 @@ def test_many_small_writes_are_compacted(store_path):
     store.begin_entry("m" * 64, "mx", {}, "d" * 64, "dx", {}, "multi", len(rows))
     for r in rows:
         store.write_vectors("m" * 64, [r["item_key"]], {-1: _vec(r["item_key"])[None]}, [1], [False])
-    tbl = store.table(S.vector_table("m" * 64))
-    assert len(tbl.to_lance().get_fragments()) == 40
+    assert len(store.tables.get(S.vector_table("m" * 64)).get_fragments()) == 40
     store.finish_entry("m" * 64, "d" * 64)
-    assert len(store.table(S.vector_table("m" * 64)).to_lance().get_fragments()) == 1
+    assert len(store.tables.get(S.vector_table("m" * 64)).get_fragments()) == 1
 
 
 def test_fingerprints_change_with_what_changes_vectors():
@@ -286,7 +285,7 @@ def test_two_concurrent_writers_leave_no_duplicates(store_path, py):
     _check_exactly_once(store_path, n)
     store = open_store(store_path)
     assert len(store.entries()) == 1
-    assert store.table(S.dataset_table("d" * 64)).count_rows() == n
+    assert store.tables.get(S.dataset_table("d" * 64)).count_rows() == n
 
 
 def test_cli_store_commands(store_path, tmp_path):

@@ -1,29 +1,58 @@
-"""``embrm extract``: the command over :func:`embrm.extractor.extract`."""
+"""``embrm extract``: the command over :func:`embrm.extractor.extraction`.
+
+The model options are shared with ``embrm serve`` (:func:`model_options`), so a
+served model and an extracted one are named by the same flags and fingerprints.
+"""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import click
 
+from embrm.options import INTS, store_option
 
-def register(main: click.Group) -> None:
-    main.add_command(extract_cmd)
+MODEL_OPTIONS = [
+    click.option("--model", default=None,
+                 help="Hub id, model directory or .gguf file (default: packaged SmolLM2-135M-Instruct)."),
+    click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+    click.option("--format", "input_format", type=click.Choice(["raw", "pair", "chat"]), default="raw",
+                 show_default=True),
+    click.option("--pooling", type=click.Choice(["last", "mean", "mean-all"]), default="last", show_default=True),
+    click.option("--layers", type=INTS, default="-1", show_default=True,
+                 help="Comma-separated hidden-state layers, e.g. -1,-8,15."),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                 show_default=True),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True),
+    click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True),
+    click.option("--truncation-side", type=click.Choice(["left", "right"]), default="left", show_default=True),
+    click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+                 help="Padded tokens per forward batch (default: 2048 on CPU, 32768 on GPU)."),
+    click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default)."),
+]
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(MODEL_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def embedding_spec(kw: dict[str, Any]) -> Any:
+    """Pop the model options out of a command's keyword arguments into an EmbeddingSpec."""
+    from embrm.extractor.embedder import EmbeddingSpec
+
+    return EmbeddingSpec(model=kw.pop("model"), revision=kw.pop("revision"), input_format=kw.pop("input_format"),
+                         pooling=kw.pop("pooling"), layers=kw.pop("layers"), dtype=kw.pop("dtype"),
+                         max_length=kw.pop("max_length"), truncation_side=kw.pop("truncation_side"),
+                         trust_remote_code=kw.pop("trust_remote_code"))
 
 
 @click.command("extract")
-@click.option("--model", default=None, help="Hub id, model directory or .gguf file (default: packaged SmolLM2-135M-Instruct).")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--dataset", required=True, help="Hub dataset id, .jsonl/.json/.parquet/.csv file, or save_to_disk directory.")
+@click.option("--dataset", required=True,
+              help="Hub dataset id, .jsonl/.json/.parquet/.csv file, or save_to_disk directory.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--config", "ds_config", default=None, help="Hub dataset configuration.")
-@click.option("--format", "input_format", type=click.Choice(["raw", "pair", "chat"]), default="raw", show_default=True)
-@click.option("--pooling", type=click.Choice(["last", "mean", "mean-all"]), default="last", show_default=True)
-@click.option("--layers", default="-1", show_default=True, help="Comma-separated hidden-state layers, e.g. -1,-8,15.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--max-length", type=int, default=1024, show_default=True)
-@click.option("--truncation-side", type=click.Choice(["left", "right"]), default="left", show_default=True)
-@click.option("--batch-tokens", type=int, default=None, help="Padded tokens per forward batch (default: 2048 on CPU, 32768 on GPU).")
-@click.option("--window", type=int, default=1024, show_default=True, help="Rows per store commit (a crash loses at most one).")
-@click.option("--limit", type=int, default=None, help="Only the first N records.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N records.")
 @click.option("--prompt-col", default="prompt", show_default=True)
 @click.option("--response-col", default="response", show_default=True)
 @click.option("--chosen-col", default="chosen", show_default=True)
@@ -33,33 +62,28 @@ def register(main: click.Group) -> None:
 @click.option("--reward-col", default="reward", show_default=True)
 @click.option("--label-col", default="label", show_default=True)
 @click.option("--messages-col", default="messages", show_default=True)
-@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) records with an empty or non-string text.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--store", "store_uri", default=None, envvar="EMBRM_STORE", help="Store path or URI.")
-def extract_cmd(model, revision, dataset, split, ds_config, input_format, pooling, layers, dtype, device,
-                max_length, truncation_side, batch_tokens, window, limit, prompt_col, response_col, chosen_col,
-                rejected_col, responses_col, rewards_col, reward_col, label_col, messages_col,
-                skip_bad_rows, trust_remote_code, quiet, store_uri) -> None:
+@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) records with a non-text value or nothing to embed.")
+@model_options
+@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Rows per store commit (a crash loses at most one).")
+@click.option("--quiet", is_flag=True, help="No progress bars, ours or the libraries'.")
+@store_option
+def extract_cmd(**kw: Any) -> None:
     """Embed every (prompt, response) of a dataset into the store, once."""
-    from embrm.extractor import Columns, ExtractConfig, extract
-    from embrm.extractor.extract import parse_layers
+    if kw["quiet"]:
+        from embrm.options import quiet_third_party
 
-    cols = Columns(prompt_col, response_col, chosen_col, rejected_col, responses_col, rewards_col,
-                   reward_col, label_col, messages_col)
-    cfg = ExtractConfig(dataset=dataset, model=model, revision=revision, split=split, config=ds_config,
-                        columns=cols, limit=limit, input_format=input_format, pooling=pooling,
-                        layers=parse_layers(layers), dtype=dtype, device=device, max_length=max_length,
-                        truncation_side=truncation_side, batch_tokens=batch_tokens, window=window, store=store_uri,
-                        quiet=quiet, trust_remote_code=trust_remote_code, skip_bad_rows=skip_bad_rows)
-    if quiet:
-        import os
+        quiet_third_party()
+    from embrm.extractor.datasets import Columns, DatasetSpec
+    from embrm.extractor.extraction import ExtractConfig, RunOptions, extract
 
-        from transformers.utils import logging as hf_logging
-
-        os.environ["TQDM_DISABLE"] = "1"  # also the GGUF loader's own bars
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    res = extract(cfg)
+    cols = Columns(kw.pop("prompt_col"), kw.pop("response_col"), kw.pop("chosen_col"), kw.pop("rejected_col"),
+                   kw.pop("responses_col"), kw.pop("rewards_col"), kw.pop("reward_col"), kw.pop("label_col"),
+                   kw.pop("messages_col"))
+    data = DatasetSpec(kw.pop("dataset"), kw.pop("split"), kw.pop("ds_config"), None, kw.pop("limit"), cols,
+                       kw.pop("skip_bad_rows"))
+    spec = embedding_spec(kw)
+    run = RunOptions(device=kw.pop("device"), batch_tokens=kw.pop("batch_tokens"), window=kw.pop("window"),
+                     store=kw.pop("store_uri"), quiet=kw.pop("quiet"))
+    res = extract(ExtractConfig(data, spec, run))
     click.echo(res.report())

@@ -56,7 +56,11 @@ class DatasetSpec:
     revision: str | None = None
     limit: int | None = None
     columns: Columns = Columns()
-    skip_bad_rows: bool = False  # skip (and count) records with an empty or non-string text
+    skip_bad_rows: bool = False  # skip (and count) records with a non-string text or nothing to embed
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise EmbrmError("--limit must be a positive number of records")
 
     def display(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source}
@@ -264,16 +268,22 @@ def _num(v: Any, what: str, i: int) -> float | None:
 
 
 class BadRecord(EmbrmError):
-    """A record with an empty or non-string text; ``--skip-bad-rows`` skips such records."""
+    """A record with a non-string text, or nothing to embed; ``--skip-bad-rows`` skips such records."""
 
 
 def _text(v: Any, what: str, i: int) -> str:
+    """A text field. Empty strings are real data (HH-RLHF has empty replies; an embedding
+    request has an empty prompt), so only a value that is not text is bad."""
     if not isinstance(v, str):
         raise BadRecord(f"record {i}: {what} must be text, got {type(v).__name__}; fix the data or pass "
                         "--skip-bad-rows to skip such records")
-    if not v.strip():
-        raise BadRecord(f"record {i}: {what} is empty; fix the data or pass --skip-bad-rows to skip such records")
     return v
+
+
+def _something(prompt: str, response: str, i: int) -> None:
+    if not prompt and not response:
+        raise BadRecord(f"record {i}: prompt and response are both empty, so there is nothing to embed; "
+                        "fix the data or pass --skip-bad-rows to skip such records")
 
 
 def _messages(msgs: Any, i: int) -> tuple[str, str]:
@@ -284,31 +294,50 @@ def _messages(msgs: Any, i: int) -> tuple[str, str]:
         raise EmbrmError(f"record {i}: messages have no assistant turn to embed")
     before = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]]
     if len(before) == 1 and before[0]["role"] == "user":
-        prompt = before[0]["content"]
+        prompt = _text(before[0]["content"], "user content", i)
     else:  # several turns: the exact conversation, which the chat format renders back
         prompt = json.dumps(before, ensure_ascii=False)
     return prompt, _text(msgs[last]["content"], "assistant content", i)
+
+
+class PromptIds:
+    """Prompt ids by prompt text, in order of first appearance, for every shape.
+
+    Records that repeat a prompt share its id (HH-RLHF repeats some prompts), so a split
+    by prompt id is a split by prompt text. Each prompt's rows are numbered on across its
+    records: the m-th pair of a prompt has response indices 2m and 2m + 1.
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[bytes, int] = {}
+        self.used: dict[int, int] = {}
+
+    def take(self, prompt: str, n: int) -> tuple[int, int]:
+        """(prompt id, first response index) for ``n`` more rows of ``prompt``."""
+        pid = self.ids.setdefault(hashlib.sha1(prompt.encode()).digest(), len(self.ids))
+        first = self.used.get(pid, 0)
+        self.used[pid] = first + n
+        return pid, first
 
 
 def normalise(records: Iterator[dict[str, Any]], c: Columns, skip_bad: bool = False,
               stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """Records -> rows ``{prompt, response, prompt_id, response_index, role, label, reward}``.
 
-    Every record must have the first record's shape. Pointwise rows that share a prompt
-    text share a prompt id, so they load into ``(prompts, K, D)``. A record with an empty
-    or non-string text is an error, or with ``skip_bad`` is dropped whole (a pair stays a
-    pair) and counted in ``stats["skipped"]``.
+    Every record must have the first record's shape. Rows that share a prompt text share
+    a prompt id (:class:`PromptIds`). A record with a non-string text, or with nothing to
+    embed, is an error, or with ``skip_bad`` is dropped whole (a pair stays a pair) and
+    counted in ``stats["skipped"]``.
     """
     shape = None
-    prompt_ids: dict[str, int] = {}
-    counts: dict[int, int] = {}
+    ids = PromptIds()
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     for i, rec in enumerate(records):
         if shape is None:
             shape = detect_shape(rec, c)
         try:
-            rows = list(_record_rows(rec, i, shape, c, prompt_ids, counts))
+            rows = _record_rows(rec, i, shape, c)
         except BadRecord:
             if not skip_bad:
                 raise
@@ -317,24 +346,24 @@ def normalise(records: Iterator[dict[str, Any]], c: Columns, skip_bad: bool = Fa
         except KeyError as e:
             raise EmbrmError(f"record {i} has no column {e.args[0]!r}; its columns are {sorted(rec)} (the first "
                              f"record's shape is {shape}): every record needs the same columns") from None
-        yield from rows
+        pid, first = ids.take(rows[0]["prompt"], len(rows))
+        for j, r in enumerate(rows):
+            r["prompt_id"], r["response_index"] = pid, first + j
+            yield r
 
 
-def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns, prompt_ids: dict[str, int],
-                 counts: dict[int, int]) -> Iterator[dict[str, Any]]:
-    """The rows of one record; raises before yielding anything if the record is bad."""
-    if shape == "pairwise":
-        p = _text(rec[c.prompt], c.prompt, i)
-        pairs = [(_text(rec[c.chosen], c.chosen, i), "chosen", 1.0),
-                 (_text(rec[c.rejected], c.rejected, i), "rejected", 0.0)]
-        for j, (r, role, lab) in enumerate(pairs):
-            yield _row(p, r, i, j, role, lab, None)
-    elif shape == "hh":
-        p, ch, rj = split_hh(_text(rec[c.chosen], c.chosen, i), _text(rec[c.rejected], c.rejected, i))
-        ch, rj = _text(ch, f"{c.chosen} reply", i), _text(rj, f"{c.rejected} reply", i)
-        yield _row(p, ch, i, 0, "chosen", 1.0, None)
-        yield _row(p, rj, i, 1, "rejected", 0.0, None)
-    elif shape == "multi":
+def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns) -> list[dict[str, Any]]:
+    """The rows of one record (prompt ids are set by the caller); raises if the record is bad."""
+    if shape in ("pairwise", "hh"):
+        if shape == "pairwise":
+            p, ch, rj = (_text(rec[c.prompt], c.prompt, i), _text(rec[c.chosen], c.chosen, i),
+                         _text(rec[c.rejected], c.rejected, i))
+        else:
+            p, ch, rj = split_hh(_text(rec[c.chosen], c.chosen, i), _text(rec[c.rejected], c.rejected, i))
+        _something(p, ch, i)
+        _something(p, rj, i)
+        return [_row(p, ch, "chosen", 1.0, None), _row(p, rj, "rejected", 0.0, None)]
+    if shape == "multi":
         p = _text(rec[c.prompt], c.prompt, i)
         rs = rec[c.responses]
         if not isinstance(rs, list) or not rs:
@@ -342,25 +371,21 @@ def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns, prompt_ids
         rw = rec.get(c.rewards)
         if rw is not None and (not isinstance(rw, list) or len(rw) != len(rs)):
             raise EmbrmError(f"record {i}: {c.rewards} must list one reward per response ({len(rs)})")
+        out = []
         for j, r in enumerate(rs):
-            yield _row(p, _text(r, c.responses, i), i, j, "", None,
-                       None if rw is None else _num(rw[j], c.rewards, i))
+            _something(p, _text(r, c.responses, i), i)
+            out.append(_row(p, r, "", None, None if rw is None else _num(rw[j], c.rewards, i)))
+        return out
+    if shape == "messages":
+        p, r = _messages(rec[c.messages], i)
     else:
-        if shape == "messages":
-            p, r = _messages(rec[c.messages], i)
-        else:
-            p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
-        label, reward = _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i)
-        pk = hashlib.sha1(p.encode()).hexdigest()
-        pid = prompt_ids.setdefault(pk, len(prompt_ids))
-        j = counts.get(pid, 0)
-        counts[pid] = j + 1
-        yield _row(p, r, pid, j, "", label, reward)
+        p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
+    _something(p, r, i)
+    return [_row(p, r, "", _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i))]
 
 
-def _row(prompt: str, response: str, pid: int, idx: int, role: str, label: float | None,
-         reward: float | None) -> dict[str, Any]:
-    return {"prompt": prompt, "response": response, "prompt_id": pid, "response_index": idx,
+def _row(prompt: str, response: str, role: str, label: float | None, reward: float | None) -> dict[str, Any]:
+    return {"prompt": prompt, "response": response, "prompt_id": 0, "response_index": 0,
             "role": role, "label": label, "reward": reward}
 
 

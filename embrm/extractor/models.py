@@ -158,6 +158,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def load_tokenizer(src: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The source's fast tokenizer, with a pad token (the EOS token where it has none)."""
     from transformers import AutoTokenizer
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -175,11 +176,18 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def pretrained_kwargs(src: ModelSource, dtype: str, trust_remote_code: bool) -> dict[str, Any]:
-    """``from_pretrained`` arguments for a source. GGUF weights are unpacked into a dense
-    model of the requested dtype, so matmuls run on the native (bf16/AMX) kernels rather
-    than per-call dequantisation."""
+def load_pretrained(src: ModelSource, auto_class: str, dtype: str, device: str,
+                    trust_remote_code: bool = False) -> Any:
+    """The one way embrm loads Hugging Face weights: ``AutoModel`` (hidden states for
+    extraction), ``AutoModelForCausalLM`` (generate) or ``AutoModelForSequenceClassification``
+    (annotate), in eval mode on ``device``.
+
+    GGUF weights are unpacked into a dense model of the requested dtype, so matmuls run
+    on the native (bf16/AMX) kernels rather than per-call dequantisation. Remote code
+    runs only with ``trust_remote_code``.
+    """
     import torch
+    import transformers
 
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype)}
     if src.gguf_file:
@@ -192,18 +200,9 @@ def pretrained_kwargs(src: ModelSource, dtype: str, trust_remote_code: bool) -> 
             pass
     if src.revision and src.kind == "hub":
         kw["revision"] = src.revision
-    return kw
-
-
-def load_model(src: ModelSource, dtype: str, device: str, trust_remote_code: bool = False) -> Any:
-    """The base transformer (no LM head: embeddings need hidden states, not logits)."""
-    from transformers import AutoModel
-
-    kw = pretrained_kwargs(src, dtype, trust_remote_code)
     try:
-        model = AutoModel.from_pretrained(src.load_path, **kw)
+        model = getattr(transformers, auto_class).from_pretrained(src.load_path, **kw)
     except Exception as e:  # transformers raises many types for unreadable files
         raise EmbrmError(f"cannot load model {src.source} ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:200]})") from None
-    model.eval()
-    return model.to(device)
+    return model.to(device).eval()

@@ -6,18 +6,29 @@ position -1 of a right-padded batch, which for every row but the longest is a pa
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 POOLINGS = ("last", "mean", "mean-all")
 
 
-def pool(hidden: torch.Tensor, mask: torch.Tensor, response_start: torch.Tensor, how: str) -> torch.Tensor:
+def pool(hidden: "torch.Tensor", mask: "torch.Tensor", response_start: "torch.Tensor", how: str) -> "torch.Tensor":
     """(B, T, H) hidden states -> (B, H) float32 vectors.
 
     ``response_start`` is each row's first response token, counted in real tokens from
-    the row's first real token (padding excluded). ``mean`` averages the response tokens;
-    a row whose response was truncated away entirely falls back to its last token.
+    the row's first real token (padding excluded).
+
+    * ``last``: the last real token; defined for every row, an empty response included
+      (it is then the state at the end of the prompt).
+    * ``mean-all``: the mean over all real tokens, prompt included.
+    * ``mean``: the mean over the response's tokens. A row with no response token (an
+      empty response, or one truncated away) has no such mean; it falls back to its last
+      token, the same vector ``last`` gives, so such rows are embedded, not dropped.
     """
+    import torch
+
     h = hidden.float()
     m = mask.bool()
     real_index = m.long().cumsum(1) - 1  # position among the row's real tokens

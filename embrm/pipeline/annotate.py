@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.pipeline.files import read_records, write_records
+from embrm.pipeline.files import PartialFile, read_records
 
 VADER = "vader"
 
@@ -40,6 +40,7 @@ class AnnotateConfig:
     batch_tokens: int = 4096
     max_length: int = 1024
     device: str = "auto"
+    dtype: str = "float32"  # golden rewards are the reference: full precision unless asked
     chunk: int = 64  # records per progress write
     quiet: bool = False
     trust_remote_code: bool = False
@@ -63,23 +64,15 @@ class SequenceClassifierScorer:
     """A Hugging Face reward model: AutoModelForSequenceClassification."""
 
     def __init__(self, source: str, cfg: AnnotateConfig):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from embrm.extractor.models import resolve_device, resolve_model
+        from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 
         src = resolve_model(source)  # pins the weights (hash or commit) and checks the path
         self.name = f"{src.name}@{src.weights[:12]}"
         self.device = resolve_device(cfg.device)
         self.cfg = cfg
-        try:
-            self.tok = AutoTokenizer.from_pretrained(src.load_path, trust_remote_code=cfg.trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                src.load_path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32).to(self.device).eval()
-        except (OSError, ValueError) as e:
-            raise EmbrmError(f"cannot load reward model {source}: {str(e).splitlines()[0]}") from None
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.tok = load_tokenizer(src, cfg.trust_remote_code)
+        self.model = load_pretrained(src, "AutoModelForSequenceClassification", resolve_dtype(cfg.dtype, self.device),
+                                     self.device, cfg.trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
         self.chat = bool(getattr(self.tok, "chat_template", None))
@@ -132,16 +125,12 @@ def annotate(cfg: AnnotateConfig, on_chunk: Callable[[int], None] | None = None)
     if not records or "prompt" not in records[0]:
         raise EmbrmError(f"{src.name} needs records with a 'prompt' column")
     scorer_name = "vader-compound" if cfg.reward_model == VADER else None
-    partial = out.with_name(out.name + ".annotate.partial.jsonl")
+    partial = PartialFile(out, "annotate")
     done: dict[int, list[float]] = {}
-    if partial.exists():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                done[int(r["i"])] = r["rewards"]
-                scorer_name = scorer_name or r.get("m")
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill
+    for r in partial.read():
+        if "i" in r and "rewards" in r:
+            done[int(r["i"])] = r["rewards"]
+            scorer_name = scorer_name or r.get("m")
     scorer = None
     todo = []
     for i, rec in enumerate(records):
@@ -160,7 +149,7 @@ def annotate(cfg: AnnotateConfig, on_chunk: Callable[[int], None] | None = None)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="record", desc="annotate")
-    with open(partial, "a", encoding="utf-8") as f:
+    try:
         for s in range(0, len(todo), cfg.chunk):
             idx = todo[s:s + cfg.chunk]
             prompts, responses, owner = [], [], []
@@ -170,25 +159,24 @@ def annotate(cfg: AnnotateConfig, on_chunk: Callable[[int], None] | None = None)
                 responses += r
                 owner += [i] * len(r)
             scores = scorer(prompts, responses)
-            by = {i: [] for i in idx}
+            by: dict[int, list[float]] = {i: [] for i in idx}
             for i, sc in zip(owner, scores.tolist()):
                 by[i].append(sc)
-            for i in idx:
-                done[i] = by[i]
-                f.write(json.dumps({"i": i, "rewards": by[i], "m": scorer_name}) + "\n")
-            f.flush()
+            done.update(by)
+            partial.append([{"i": i, "rewards": by[i], "m": scorer_name} for i in idx])
             if bar is not None:
                 bar.update(len(idx))
             if on_chunk:
                 on_chunk(len(idx))
-    if bar is not None:
-        bar.close()
+    finally:
+        partial.close()
+        if bar is not None:
+            bar.close()
     for i, rw in done.items():
         rec = records[i]
         _, _, multi = _pairs_of(rec, i)
         rec["rewards" if multi else "reward"] = rw if multi else rw[0]
         rec["reward_model"] = scorer_name
-    write_records(out, records)
-    partial.unlink(missing_ok=True)
+    partial.finish(records)
     return {"records": len(records), "scored": len(todo), "reused": len(records) - len(todo),
             "reward_model": scorer_name, "seconds": time.perf_counter() - t0, "out": str(out)}

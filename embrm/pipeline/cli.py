@@ -5,13 +5,16 @@ from pathlib import Path
 
 import click
 
-
-def register(main: click.Group) -> None:
-    for cmd in (generate_cmd, annotate_cmd, demo_cmd, reproduce):
-        main.add_command(cmd)
+from embrm.options import FLOATS, NS, SIZES, ChoiceList, store_option
 
 
-def _quiet_hf() -> None:
+def _quiet_hf(quiet: bool) -> None:
+    """transformers' own logging stays off; with --quiet every progress bar too."""
+    from embrm.options import quiet_third_party
+
+    if quiet:
+        quiet_third_party()
+        return
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -38,7 +41,7 @@ def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, see
     """Sample K responses per prompt into a multi-response dataset file (resumable)."""
     from embrm.pipeline.generate import GenerateConfig, generate
 
-    _quiet_hf()
+    _quiet_hf(quiet)
     res = generate(GenerateConfig(prompts=prompts, out=out, model=model, k=k, temperature=temperature, top_p=top_p,
                                   max_new_tokens=max_new_tokens, seed=seed, batch_prompts=batch_prompts,
                                   prompt_column=prompt_column, limit=limit, dtype=dtype, device=device, quiet=quiet))
@@ -58,7 +61,7 @@ def annotate_cmd(dataset, reward_model, out, batch_tokens, device, quiet) -> Non
     """Score every response with a golden reward and write the rewards (resumable)."""
     from embrm.pipeline.annotate import AnnotateConfig, annotate
 
-    _quiet_hf()
+    _quiet_hf(quiet)
     res = annotate(AnnotateConfig(dataset=dataset, out=out, reward_model=reward_model, batch_tokens=batch_tokens,
                                   device=device, quiet=quiet))
     click.echo(f"{res['records']} records: scored {res['scored']}, reused {res['reused']} with "
@@ -67,7 +70,7 @@ def annotate_cmd(dataset, reward_model, out, batch_tokens, device, quiet) -> Non
 
 @click.command("demo")
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--store", "store_uri", default="embrm-store", show_default=True)
+@store_option
 @click.option("--k", type=int, default=8, show_default=True)
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option("--members", type=int, default=5, show_default=True)
@@ -77,7 +80,7 @@ def demo_cmd(out, store_uri, k, max_new_tokens, members, limit, quiet) -> None:
     """Generate, annotate, extract, train and evaluate on the embedded model, offline."""
     from embrm.pipeline.demo import DemoConfig, run_demo
 
-    _quiet_hf()
+    _quiet_hf(quiet)
     run_demo(DemoConfig(out=out, store=store_uri, k=k, max_new_tokens=max_new_tokens, members=members,
                         limit=limit, quiet=quiet), log=click.echo)
 
@@ -92,22 +95,21 @@ def reproduce() -> None:
 @click.option("--dataset-key", required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--members", type=int, default=5, show_default=True)
-@click.option("--qualities", default="-1,10,1,0.3", show_default=True, help="Annotation qualities (beta); -1 is perfect.")
-@click.option("--methods", default="bt,clf", show_default=True)
-@click.option("--hidden", default="1024,512", show_default=True)
-@click.option("--bon", default=None, help="N values (default: 1..500 capped at K).")
+@click.option("--qualities", type=FLOATS, default="-1,10,1,0.3", show_default=True,
+              help="Annotation qualities (beta); -1 is perfect.")
+@click.option("--methods", type=ChoiceList(["bt", "clf", "linear", "lgbm"]), default="bt,clf", show_default=True)
+@click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
+@click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--store", "store_uri", default=None, envvar="EMBRM_STORE")
+@store_option
 def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed,
                            store_uri) -> None:
     """Mean vs min vs single ensembles across annotation qualities: one figure, one table."""
-    from embrm.pipeline.reproduce import ReproduceConfig, markdown, qualities_arg, reproduce_ensemble
-    from embrm.rm.cli import parse_ns
-    from embrm.store import open_store
+    from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
+    from embrm.store.cli import open_any
 
-    rc = ReproduceConfig(methods=tuple(m for m in methods.split(",") if m), qualities=qualities_arg(qualities),
-                         members=members, hidden=tuple(int(h) for h in hidden.split(",") if h), seed=seed)
-    rows = reproduce_ensemble(open_store(store_uri), model_key, dataset_key, Path(out), rc, parse_ns(bon),
+    rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed)
+    rows = reproduce_ensemble(open_any(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
                               log=click.echo)
     click.echo(markdown(rows))
     click.echo(f"wrote {out}/ensemble.png, ensemble.md, ensemble.csv")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from embrm.extractor import ExtractConfig, extract
+from embrm.extractor.datasets import DatasetSpec
+from embrm.extractor.embedder import EmbeddingSpec
+from embrm.extractor.extraction import ExtractConfig, RunOptions, extract
 from embrm.pipeline.annotate import AnnotateConfig, annotate
 from embrm.pipeline.generate import GenerateConfig, generate
 from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
@@ -27,7 +29,7 @@ from embrm.store import open_store
 @dataclass
 class DemoConfig:
     out: str = "demo-out"
-    store: str = "embrm-store"
+    store: str | None = None  # None: $EMBRM_STORE or ./embrm-store
     k: int = 8
     max_new_tokens: int = 48
     members: int = 5
@@ -60,7 +62,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     # mean pooling over the response: the golden reward scores the response's wording,
     # which a last-token state of a 135M model carries only weakly (measured on this set:
     # a linear probe reaches within-prompt Spearman 0.36 with mean vs 0.18 with last)
-    r = extract(ExtractConfig(dataset=str(data), store=cfg.store, quiet=cfg.quiet, max_length=512, pooling="mean"))
+    r = extract(ExtractConfig(DatasetSpec(str(data)), EmbeddingSpec(max_length=512, pooling="mean"),
+                              RunOptions(store=cfg.store, quiet=cfg.quiet)))
     timings["extract"] = time.perf_counter() - t
     log(f"[4/6] extract {r.model_name} [{r.model_hash[:12]}]: computed {r.computed}, cached {r.cached} "
         f"({timings['extract']:.1f} s)")

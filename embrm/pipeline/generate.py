@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embrm.errors import EmbrmError
-from embrm.pipeline.files import read_records, write_records
+from embrm.pipeline.files import PartialFile, read_records
 
 BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "demo_prompts.txt"
 
@@ -60,16 +60,11 @@ def load_prompts(source: str, column: str = "prompt", limit: int | None = None) 
     return prompts[:limit] if limit else prompts
 
 
-def _partial(out: Path) -> Path:
-    return out.with_name(out.name + ".partial.jsonl")
-
-
 def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generate and write the dataset; returns counts. Safe to kill and re-run."""
     import torch
 
-    from embrm.extractor.models import (load_tokenizer, pretrained_kwargs, resolve_device, resolve_dtype,
-                                        resolve_model)
+    from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_device, resolve_dtype, resolve_model
 
     if cfg.k < 1 or cfg.max_new_tokens < 1:
         raise EmbrmError("--k and --max-new-tokens must be positive")
@@ -82,16 +77,8 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
         done = {r["prompt"] for r in read_records(out)}
         if set(prompts) <= done:
             return {"prompts": len(prompts), "generated": 0, "reused": len(prompts), "seconds": 0.0, "out": str(out)}
-    partial = _partial(out)
-    have: dict[str, list[str]] = {}
-    if partial.exists():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if len(r.get("responses", [])) == cfg.k:
-                have[r["prompt"]] = r["responses"]
+    partial = PartialFile(out, "")
+    have = {r["prompt"]: r["responses"] for r in partial.read() if len(r.get("responses", [])) == cfg.k}
     todo = [i for i, p in enumerate(prompts) if p not in have]
     generated = 0
     if todo:
@@ -100,17 +87,14 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
         dtype = resolve_dtype(cfg.dtype, device)
         tok = load_tokenizer(src, cfg.trust_remote_code)
         tok.padding_side = "left"  # decoder-only generation continues from the right edge
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            src.load_path, **pretrained_kwargs(src, dtype, cfg.trust_remote_code)).to(device).eval()
+        model = load_pretrained(src, "AutoModelForCausalLM", dtype, device, cfg.trust_remote_code)
         use_chat = bool(getattr(tok, "chat_template", None))
         bar = None
         if not cfg.quiet:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), unit="prompt", desc="generate")
-        with open(partial, "a", encoding="utf-8") as f:
+        try:
             for s in range(0, len(todo), cfg.batch_prompts):
                 idx = todo[s:s + cfg.batch_prompts]
                 batch = [prompts[i] for i in idx]
@@ -121,23 +105,23 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
                 with torch.inference_mode():
                     outs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                                           max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens,
-                                          num_return_sequences=cfg.k,
-                                          pad_token_id=tok.pad_token_id)
+                                          num_return_sequences=cfg.k, pad_token_id=tok.pad_token_id)
                 new = outs[:, enc["input_ids"].shape[1]:]
                 texts_out = tok.batch_decode(new, skip_special_tokens=True)
+                done = []
                 for j, p in enumerate(batch):
-                    resp = [t.strip() for t in texts_out[j * cfg.k:(j + 1) * cfg.k]]
-                    have[p] = resp
-                    f.write(json.dumps({"prompt": p, "responses": resp}, ensure_ascii=False) + "\n")
-                f.flush()
+                    have[p] = [t.strip() for t in texts_out[j * cfg.k:(j + 1) * cfg.k]]
+                    done.append({"prompt": p, "responses": have[p]})
+                partial.append(done)
                 generated += len(batch)
                 if bar is not None:
                     bar.update(len(batch))
                 if on_batch:
                     on_batch(len(batch))
-        if bar is not None:
-            bar.close()
-    write_records(out, [{"prompt": p, "responses": have[p]} for p in prompts])
-    partial.unlink(missing_ok=True)
+        finally:
+            partial.close()
+            if bar is not None:
+                bar.close()
+    partial.finish([{"prompt": p, "responses": have[p]} for p in prompts])
     return {"prompts": len(prompts), "generated": generated, "reused": len(prompts) - generated,
             "seconds": time.perf_counter() - t0, "out": str(out)}

@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 from embrm.rm.experiment import DataConfig, train_from_store
 from embrm.rm.run import write_json
-from embrm.rm.train import TrainConfig
-from embrm.store.store import Store
+from embrm.rm.trainer import TrainConfig
 
 AGGS = ("mean", "min", "single")
 
@@ -36,7 +35,7 @@ def _quality(b: float) -> str:
     return "perfect" if b < 0 else f"beta={b:g}"
 
 
-def reproduce_ensemble(store: Store, model_key: str, dataset_key: str, out: Path, rc: ReproduceConfig,
+def reproduce_ensemble(store: Any, model_key: str, dataset_key: str, out: Path, rc: ReproduceConfig,
                        ns: list[int] | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train every (method, quality) ensemble, write ``ensemble.png``/``.csv``/``.md``/``.json``."""
     out = Path(out)
@@ -111,8 +110,4 @@ def _figure(curves: dict[tuple[str, float], dict[str, Any]], rc: ReproduceConfig
     plt.close(fig)
 
 
-def qualities_arg(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
-
-
-__all__ = ["ReproduceConfig", "markdown", "qualities_arg", "reproduce_ensemble"]
+__all__ = ["ReproduceConfig", "markdown", "reproduce_ensemble"]

@@ -1,12 +1,27 @@
 """Reward models on stored embeddings: pairs, trainers, ensembles, metrics, plots.
 
-Never imports transformers. Everything here also works on plain numpy arrays.
+Never imports transformers. Everything here also works on plain numpy arrays. Names
+are imported lazily, so that the CLI does not pay for torch until it trains.
 """
-from embrm.rm.evaluate import evaluate_multi, evaluate_pairs, table
-from embrm.rm.metrics import aggregate, best_of_n, pairwise_accuracy, spearman_per_prompt
-from embrm.rm.pairs import Pairs, annotate, build_pairs, make_pairs, split_prompts
-from embrm.rm.train import RewardModel, TrainConfig, train
+from __future__ import annotations
 
-__all__ = ["Pairs", "RewardModel", "TrainConfig", "aggregate", "annotate", "best_of_n", "build_pairs",
-           "evaluate_multi", "evaluate_pairs", "make_pairs", "pairwise_accuracy", "spearman_per_prompt",
-           "split_prompts", "table", "train"]
+import importlib
+from typing import Any
+
+_NAMES = {
+    "evaluate_multi": "embrm.rm.evaluate", "evaluate_pairs": "embrm.rm.evaluate", "table": "embrm.rm.evaluate",
+    "aggregate": "embrm.rm.metrics", "best_of_n": "embrm.rm.metrics", "pairwise_accuracy": "embrm.rm.metrics",
+    "spearman_per_prompt": "embrm.rm.metrics",
+    "Pairs": "embrm.rm.pairs", "annotate": "embrm.rm.pairs", "build_pairs": "embrm.rm.pairs",
+    "make_pairs": "embrm.rm.pairs", "split_prompts": "embrm.rm.pairs",
+    "RewardModel": "embrm.rm.trainer", "TrainConfig": "embrm.rm.trainer", "train": "embrm.rm.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'embrm.rm' has no attribute {name!r}")
+
+
+__all__ = sorted(_NAMES)

@@ -5,24 +5,13 @@ from pathlib import Path
 
 import click
 
-from embrm.errors import EmbrmError
+from embrm.options import NS, SIZES, store_option
 
-STORE = click.option("--store", "store_uri", default=None, envvar="EMBRM_STORE", help="Store path or URI.")
-
-
-def parse_ns(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise EmbrmError(f"--bon {text!r} must be comma-separated integers, e.g. 1,2,5,10") from None
+STORE = store_option
 
 
-def register(main: click.Group) -> None:
-    main.add_command(train_cmd)
-    main.add_command(eval_cmd)
-    main.add_command(score_cmd)
+def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
+    return list(bon) if bon else None
 
 
 @click.command("train")
@@ -37,33 +26,29 @@ def register(main: click.Group) -> None:
 @click.option("--diversity", type=click.Choice(["random", "adjacent", "extreme"]), default="random", show_default=True)
 @click.option("--scale", type=float, default=None, help="s of the annotator (default: reward std).")
 @click.option("--bootstrap", is_flag=True, help="Members train on bootstrap resamples.")
-@click.option("--hidden", default="1024,512", show_default=True, help="MLP hidden sizes.")
+@click.option("--hidden", type=SIZES, default="1024,512", show_default=True, help="MLP hidden sizes.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="At most; early stopping on validation.")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for validation.")
 @click.option("--layer", type=int, default=None, help="Stored layer to train on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--bon", default=None, help="N values for Best-of-N, e.g. 1,2,5,10.")
+@click.option("--bon", type=NS, default=None, help="N values for Best-of-N, e.g. 1,2,5,10.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory to write.")
 @STORE
 def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pairs, pairs_per_prompt, diversity,
               scale, bootstrap, hidden, epochs, batch_size, lr, val_frac, layer, seed, bon, out, store_uri) -> None:
     """Train a reward-model ensemble on stored embeddings."""
     from embrm.rm.experiment import DataConfig, table, train_from_store
-    from embrm.rm.train import TrainConfig
-    from embrm.store import open_store
+    from embrm.rm.trainer import TrainConfig
+    from embrm.store.cli import open_any
 
-    try:
-        hid = tuple(int(h) for h in hidden.split(",") if h.strip())
-    except ValueError:
-        raise EmbrmError(f"--hidden {hidden!r} must be comma-separated sizes, e.g. 1024,512") from None
-    tc = TrainConfig(method=method, ensemble=ensemble, hidden=hid, lr=lr, batch_size=batch_size,
+    tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, batch_size=batch_size,
                      max_epochs=epochs, bootstrap=bootstrap, seed=seed)
     dc = DataConfig(pairs=pairs, pairs_per_prompt=pairs_per_prompt, diversity=diversity,
                     annotation_quality=annotation_quality, scale=scale, val_frac=val_frac, seed=seed)
-    model, metrics = train_from_store(open_store(store_uri), model_key, dataset_key, tc, dc,
-                                      Path(out) if out else None, layer, parse_ns(bon))
+    model, metrics = train_from_store(open_any(store_uri), model_key, dataset_key, tc, dc,
+                                      Path(out) if out else None, layer, ns_list(bon))
     click.echo(f"trained {method} x{ensemble} on {metrics['train_pairs']} pairs in {model.log.seconds:.1f} s "
                f"({model.log.epochs} epochs); validation ({metrics['val_pairs']} pairs):")
     click.echo(table(metrics))
@@ -74,15 +59,15 @@ def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pair
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset-key", required=True)
-@click.option("--bon", default=None, help="N values, e.g. 1,2,5,10 (default: 1..500 capped at K).")
+@click.option("--bon", type=NS, default=None, help="N values, e.g. 1,2,5,10 (default: 1..500 capped at K).")
 @click.option("--coef", type=float, default=1.0, show_default=True, help="lambda / beta of mean-var and mean-std.")
 @STORE
 def eval_cmd(run_dir, dataset_key, bon, coef, store_uri) -> None:
     """Evaluate a trained run on a dataset in the store; print a table and write files."""
     from embrm.rm.experiment import eval_from_store, table
-    from embrm.store import open_store
+    from embrm.store.cli import open_any
 
-    m = eval_from_store(Path(run_dir), open_store(store_uri), dataset_key, parse_ns(bon), coef)
+    m = eval_from_store(Path(run_dir), open_any(store_uri), dataset_key, ns_list(bon), coef)
     click.echo(f"{m['dataset_name']} ({m['split']} prompts):")
     click.echo(table(m))
     click.echo(f"wrote {m['out']}/")
@@ -96,7 +81,7 @@ def eval_cmd(run_dir, dataset_key, bon, coef, store_uri) -> None:
 def score_cmd(run_dir, dataset_key, out, store_uri) -> None:
     """Score every row of a dataset with a trained run; write Parquet."""
     from embrm.rm.experiment import score_from_store
-    from embrm.store import open_store
+    from embrm.store.cli import open_any
 
-    path = score_from_store(Path(run_dir), open_store(store_uri), dataset_key, Path(out))
+    path = score_from_store(Path(run_dir), open_any(store_uri), dataset_key, Path(out))
     click.echo(f"wrote {path}")

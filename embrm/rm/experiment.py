@@ -18,7 +18,7 @@ from embrm.rm.metrics import AGGREGATIONS, aggregate, expected_calibration_error
 from embrm.rm.pairs import Pairs, build_pairs, split_prompts
 from embrm.rm.plots import bon_curves, calibration
 from embrm.rm.run import load_run, save_run, write_json
-from embrm.rm.train import RewardModel, TrainConfig, train
+from embrm.rm.trainer import RewardModel, TrainConfig, train
 from embrm.store.loader import Embeddings
 from embrm.store.store import Store
 

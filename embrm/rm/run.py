@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
-from embrm.rm.train import RewardModel, TrainConfig, TrainLog, config_dict
+from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
 
 RUN_FORMAT = 1
 WEIGHTS = "weights.safetensors"

@@ -1,50 +1,70 @@
-"""Export an entry to files other tools read: ``.npy`` (vectors only) or Parquet
-(rows, labels and vectors together)."""
+"""Export an entry to files other tools read: ``.npy`` (vectors only) or Parquet (rows,
+texts, labels and vectors together, so every vector joins back to its data).
+
+Both stream the entry batch by batch (:meth:`Store.iter_entry`), so an export never
+holds the whole entry in memory, and the file appears whole or not at all.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embrm.errors import EmbrmError
-from embrm.store.loader import load
-from embrm.store.store import Store
+from embrm.store.loader import ROW_COLUMNS
+
+TEXT_COLUMNS = ["prompt", "response"]
 
 
-def export(store: Store, model: str, dataset: str, out: str | Path, layer: int | None = None) -> Path:
+def export(store: Any, model: str, dataset: str, out: str | Path, layer: int | None = None,
+           texts: bool = True, batch_size: int = 8192) -> Path:
     """Write the entry to ``out``; the suffix (``.npy`` or ``.parquet``) picks the format.
 
     ``.npy`` holds the ``(rows, D)`` vectors in dataset order. Parquet holds one row per
-    dataset row with its prompt id, response index, role, label, reward, token count and
-    a fixed-size ``vector`` column.
+    dataset row: item key, prompt id, response index, role, label, reward, the prompt and
+    response texts (unless ``texts=False``), token count, truncation flag and a
+    fixed-size ``vector`` column.
     """
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".npy", ".parquet"):
         raise EmbrmError(f"cannot export to {out.name}: use a .npy or .parquet file name")
-    emb = load(store, model, dataset, layer=layer)
+    e = store.resolve(model, dataset)
+    if e.status != "complete":
+        raise EmbrmError(f"entry {e.model_name} x {e.dataset_name} is partial ({e.rows} of {e.n_rows} rows); "
+                         "finish the extraction before exporting it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    if suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(emb.vectors))
-    else:
-        flat = pa.array(np.ascontiguousarray(emb.vectors).reshape(-1))
-        table = pa.table(
-            {
-                "item_key": emb.item_key,
-                "prompt_id": emb.prompt_id,
-                "response_index": emb.response_index,
-                "role": list(emb.role),
-                "label": emb.label,
-                "reward": emb.reward,
-                "n_tokens": emb.n_tokens,
-                "truncated": emb.truncated,
-                "vector": pa.FixedSizeListArray.from_arrays(flat, emb.dim),
-            }
-        )
-        pq.write_table(table, tmp)
-    tmp.replace(out)
+    cols = ROW_COLUMNS + (TEXT_COLUMNS if texts and suffix == ".parquet" else [])
+    batches = store.iter_entry(e.model_hash, e.dataset_hash, layer=layer, batch_size=batch_size, columns=cols)
+    try:
+        if suffix == ".npy":
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if e.dtype == "float16" else np.float32,
+                                            shape=(e.n_rows, e.dim))
+            at = 0
+            for b in batches:
+                arr[at:at + len(b.vectors)] = b.vectors
+                at += len(b.vectors)
+            arr.flush()
+            del arr
+        else:
+            import pyarrow.parquet as pq
+
+            writer = None
+            for b in batches:
+                t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
+                t = t.append_column("n_tokens", pa.array(b.n_tokens, pa.int32()))
+                t = t.append_column("truncated", pa.array(b.truncated))
+                flat = pa.array(np.ascontiguousarray(b.vectors).reshape(-1))
+                t = t.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, e.dim))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, t.schema)
+                writer.write_table(t)
+            if writer is not None:
+                writer.close()
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

@@ -1,25 +1,22 @@
-"""Fast loads: store entry -> numpy arrays in dataset order.
+"""Reading entries: whole (``load``, into numpy) or streamed (``iter_entry``, in batches).
 
-Every trainer goes through :func:`load`, so it has to be close to ``np.load`` speed.
-Two things make it so:
+Every trainer goes through :func:`load`, so it has to be close to ``np.load`` speed:
 
-* **The cold path never touches Python objects.** The layer column is scanned in
-  record batches; each FixedSizeList batch is viewed as its flat float buffer and copied
-  (or scattered, when the table's order differs from the dataset's) straight into one
+* **The read never touches Python objects.** The layer column is scanned in record
+  batches; each FixedSizeList batch is viewed as its flat float buffer and copied (or
+  scattered, when the table's order differs from the dataset's) straight into one
   preallocated array.
-* **A materialisation keyed by table version.** The finished array is saved as a
-  ``.npy`` file named after the vector and dataset tables' versions. The next load of
-  the same versions is one ``np.load`` (optionally memory-mapped). Any write to either
-  table bumps its version, so a stale file can never be read; the LanceDB tables stay
-  the source of truth, and ``gc`` removes files of old versions.
+* **An optional local materialisation** (:mod:`embrm.store.cache`), keyed by the tables'
+  versions, makes a repeat load one ``np.load``.
+
+:func:`iter_entry` streams an entry in dataset order with memory bounded by the batch
+size, for scoring or evaluating entries larger than memory.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +24,12 @@ import pyarrow.compute as pc
 
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
-from embrm.store.keys import short
-from embrm.store.store import Entry, Store
+from embrm.store.cache import Materialised
+
+if TYPE_CHECKING:
+    import lance
+
+    from embrm.store.store import Entry, Store
 
 ROW_COLUMNS = ["item_key", "prompt_id", "response_index", "role", "label", "reward"]
 
@@ -44,7 +45,7 @@ class Embeddings:
     vectors: np.ndarray
     kind: str
     layer: int
-    entry: Entry
+    entry: "Entry"
     prompt_id: np.ndarray
     response_index: np.ndarray
     role: np.ndarray
@@ -82,15 +83,22 @@ class Embeddings:
         return v, r
 
     def pairwise(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(pairs, 2, D)`` with the chosen response first, and the pair's prompt ids."""
+        """``(pairs, 2, D)`` with the chosen response first, and each pair's prompt id.
+
+        Records that share a prompt text share a prompt id (so splits by prompt id are
+        prompt-disjoint); the m-th record of a prompt has response indices 2m and 2m + 1,
+        so a pair is the two rows of one prompt id and one ``response_index // 2``.
+        """
         if self.kind != "pairwise":
             raise EmbrmError(f"entry is {self.kind}, not pairwise; use multi() or pointwise()")
         order = np.lexsort((self.response_index, self.prompt_id))
+        pid, half = self.prompt_id[order], self.response_index[order] // 2
+        if len(order) % 2 or not (np.array_equal(pid[0::2], pid[1::2]) and np.array_equal(half[0::2], half[1::2])):
+            raise EmbrmError("pairwise entry has a record with one of its two responses missing")
         v = self.vectors[order].reshape(-1, 2, self.dim)
-        role = self.role[order].reshape(-1, 2)
-        swap = role[:, 0] != "chosen"
+        swap = self.role[order].reshape(-1, 2)[:, 0] != "chosen"
         v[swap] = v[swap][:, ::-1]
-        return v, self.prompt_id[order].reshape(-1, 2)[:, 0]
+        return v, pid[0::2]
 
     def pointwise(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, D)`` vectors and one target per row: the label, else the reward."""
@@ -98,31 +106,18 @@ class Embeddings:
         return self.vectors, y
 
 
-def _versions(store: Store, e: Entry) -> tuple[int, int]:
-    vt = store.table(S.vector_table(e.model_hash))
-    dt = store.table(S.dataset_table(e.dataset_hash))
-    return int(vt.version), int(dt.version)
+@dataclass
+class EntryBatch:
+    """A run of consecutive rows of an entry, in dataset order."""
+
+    rows: pa.RecordBatch  # position, the row columns asked for
+    vectors: np.ndarray  # (rows, dim)
+    n_tokens: np.ndarray
+    truncated: np.ndarray
 
 
-def _cache_stem(e: Entry, layer: int) -> str:
-    return f"{e.model_hash[:16]}_{e.dataset_hash[:16]}_{S.layer_column(layer)}"
-
-
-def load(
-    store: Store,
-    model: str,
-    dataset: str,
-    layer: int | None = None,
-    mmap: bool = False,
-    allow_partial: bool = False,
-    use_cache: bool = True,
-) -> Embeddings:
-    """Load one entry's vectors and rows in dataset order.
-
-    ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
-    has not finished) is refused unless ``allow_partial``, which returns the rows that
-    have vectors.
-    """
+def _checked_entry(store: "Store", model: str, dataset: str, layer: int | None, allow_partial: bool
+                   ) -> tuple["Entry", int]:
     e = store.resolve(model, dataset)
     if e.status != "complete" and not allow_partial:
         raise EmbrmError(
@@ -138,136 +133,107 @@ def load(
             f"layer {layer} was not extracted for {e.model_name}; stored layers: "
             f"{', '.join(str(x) for x in e.layers)}"
         )
+    return e, layer
+
+
+def load(
+    store: "Store",
+    model: str,
+    dataset: str,
+    layer: int | None = None,
+    mmap: bool = False,
+    allow_partial: bool = False,
+    use_cache: bool = True,
+) -> Embeddings:
+    """Load one entry's vectors and rows in dataset order.
+
+    ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
+    has not finished) is refused unless ``allow_partial``, which returns the rows that
+    have vectors. ``use_cache=False`` neither reads nor writes the local materialisation.
+    """
+    e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
     rows = store.dataset_rows(e.dataset_hash, ROW_COLUMNS)
-    vver, dver = _versions(store, e)
-    cdir = store.cache_dir
-    stem = _cache_stem(e, layer)
-    vec_path = cdir / f"{stem}_v{vver}_d{dver}.npy"
-    meta_path = cdir / f"{stem}_v{vver}_d{dver}.meta.npz"
-    if use_cache and vec_path.exists() and meta_path.exists():
-        vectors = np.load(vec_path, mmap_mode="r" if mmap else None)
-        with np.load(meta_path) as m:
-            n_tokens, truncated, present = m["n_tokens"], m["truncated"], m["present"]
-    else:
-        vectors, n_tokens, truncated, present = _read_vectors(store, e, layer, rows.column("item_key"))
+    vds = store.tables.get(S.vector_table(e.model_hash))  # one version for keys, vectors and the cache name
+    versions = (vds.version, store.tables.get(S.dataset_table(e.dataset_hash)).version)
+    cache = store.cache
+    stem = cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
+    m = cache.get(stem, versions, mmap) if use_cache else None
+    if m is None:
+        m = read_vectors(vds, e, layer, rows.column("item_key"))
         if use_cache:
-            _save_cache(cdir, stem, vec_path, meta_path, vectors, n_tokens, truncated, present)
-            if mmap:
-                vectors = np.load(vec_path, mmap_mode="r")
-    if not present.all():
+            path = cache.put(stem, versions, m)
+            if mmap and path is not None:
+                m = Materialised(np.load(path, mmap_mode="r"), m.n_tokens, m.truncated, m.present)
+    if not m.present.all():
         if not allow_partial:
             raise EmbrmError(
-                f"{int((~present).sum())} rows of {e.dataset_name} have no vector under "
+                f"{int((~m.present).sum())} rows of {e.dataset_name} have no vector under "
                 f"{e.model_name}; re-run the extraction"
             )
-        rows = rows.filter(pa.array(present))
-    return _embeddings(vectors, rows, e, layer, n_tokens, truncated)
-
-
-def _embeddings(vectors: np.ndarray, rows: pa.Table, e: Entry, layer: int,
-                n_tokens: np.ndarray, truncated: np.ndarray) -> Embeddings:
-    def f64(name: str) -> np.ndarray:
-        return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-
+        rows = rows.filter(pa.array(m.present))
     return Embeddings(
-        vectors=vectors,
+        vectors=m.vectors,
         kind=e.kind,
         layer=layer,
         entry=e,
         prompt_id=rows.column("prompt_id").to_numpy(),
         response_index=rows.column("response_index").to_numpy(),
         role=np.asarray(rows.column("role").to_pylist(), dtype=object),
-        label=f64("label"),
-        reward=f64("reward"),
-        n_tokens=n_tokens,
-        truncated=truncated,
+        label=_f64(rows, "label"),
+        reward=_f64(rows, "reward"),
+        n_tokens=m.n_tokens,
+        truncated=m.truncated,
         item_key=rows.column("item_key").to_pylist(),
     )
 
 
-def _read_vectors(store: Store, e: Entry, layer: int, row_keys: pa.ChunkedArray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Scan the layer column once into a preallocated array in dataset order."""
-    ds = store.table(S.vector_table(e.model_hash)).to_lance()
-    col = S.layer_column(layer)
-    meta = ds.to_table(columns=["item_key", "n_tokens", "truncated"])
+def _f64(rows: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
+    return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def read_vectors(vds: "lance.LanceDataset", e: "Entry", layer: int, row_keys: pa.ChunkedArray) -> Materialised:
+    """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order."""
+    from embrm.store.scan import scan_vectors
+
+    meta = vds.to_table(columns=["item_key", "n_tokens", "truncated"])
     idx = pc.index_in(row_keys, value_set=meta.column("item_key").combine_chunks())
     present = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-    src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    np_dtype = np.float16 if e.dtype == "float16" else np.float32
-    n = int(present.sum())
-    out = np.empty((n, e.dim), dtype=np_dtype)
-    src_present = src[present]
-    n_tokens = meta.column("n_tokens").to_numpy()[src_present]
-    truncated = meta.column("truncated").to_numpy(zero_copy_only=False)[src_present]
-    identity = n == ds.count_rows() and np.array_equal(src_present, np.arange(n))
-    if identity:  # the table holds exactly this dataset, in order: copy batches straight in
-        at = 0
-        for batch in ds.to_batches(columns=[col], batch_size=65536):
-            flat = batch.column(0).flatten().to_numpy(zero_copy_only=True)
-            m = len(flat) // e.dim
-            out[at:at + m] = flat.reshape(m, e.dim)
-            at += m
-        return out, n_tokens, truncated, present
-    # general case: scatter each batch into the rows that refer to it
-    order = np.argsort(src_present, kind="stable")
-    sorted_src = src_present[order]
-    start = 0
-    for batch in ds.to_batches(columns=[col], batch_size=65536):
-        flat = batch.column(0).flatten().to_numpy(zero_copy_only=True)
-        m = len(flat) // e.dim
-        block = flat.reshape(m, e.dim)
-        lo, hi = np.searchsorted(sorted_src, [start, start + m])
-        if hi > lo:
-            dst = order[lo:hi]
-            out[dst] = block[sorted_src[lo:hi] - start]
-        start += m
-    return out, n_tokens, truncated, present
+    src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]
+    n_tokens = meta.column("n_tokens").to_numpy()[src]
+    truncated = meta.column("truncated").to_numpy(zero_copy_only=False)[src]
+    vectors = scan_vectors(vds, S.layer_column(layer), e.dim, e.dtype, src)
+    return Materialised(vectors, n_tokens, truncated, present)
 
 
-def _save_cache(cdir: Path, stem: str, vec_path: Path, meta_path: Path, vectors: np.ndarray,
-                n_tokens: np.ndarray, truncated: np.ndarray, present: np.ndarray) -> None:
-    """Write the materialisation atomically; a failure to cache never fails a load."""
-    try:
-        cdir.mkdir(parents=True, exist_ok=True)
-        for old in cdir.glob(f"{stem}_v*"):
-            old.unlink(missing_ok=True)
-        for path, writer in ((meta_path, lambda f: np.savez(f, n_tokens=n_tokens, truncated=truncated, present=present)),
-                             (vec_path, lambda f: np.save(f, vectors))):
-            fd, tmp = tempfile.mkstemp(dir=cdir, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
-            os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def clear_stale_cache(store: Store) -> int:
-    """Remove materialisations that no current entry and table version can use."""
-    cdir = store.cache_dir
-    if not cdir.exists():
-        return 0
-    keep: set[str] = set()
-    for e in store.entries():
-        if not e.layers or not store.has_table(S.vector_table(e.model_hash)):
+def iter_entry(store: "Store", model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
+               columns: list[str] | None = None, allow_partial: bool = False) -> Iterator[EntryBatch]:
+    """Stream an entry in dataset order: rows, their vectors and metadata, ``batch_size``
+    rows at a time. Memory is bounded by the batch size (plus the store's key index of
+    the model, ~40 bytes a stored vector), never by the entry's size.
+    """
+    e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
+    cols = columns if columns is not None else ROW_COLUMNS
+    if "item_key" not in cols:
+        cols = ["item_key", *cols]
+    for batch in store.iter_dataset_rows(e.dataset_hash, cols, batch_size):
+        keys = batch.column("item_key").to_pylist()
+        got = store.get_vectors(e.model_hash, keys, [layer])
+        if not got.found.all():
+            if not allow_partial:
+                raise EmbrmError(f"{int((~got.found).sum())} rows of {e.dataset_name} have no vector under "
+                                 f"{e.model_name}; re-run the extraction")
+            keep = pa.array(got.found)
+            yield EntryBatch(batch.filter(keep), got.vectors[layer][got.found], got.n_tokens[got.found],
+                             got.truncated[got.found])
             continue
-        vver, dver = _versions(store, e)
-        for layer in e.layers:
-            base = f"{_cache_stem(e, layer)}_v{vver}_d{dver}"
-            keep |= {f"{base}.npy", f"{base}.meta.npz"}
-    removed = 0
-    for p in cdir.iterdir():
-        if p.name not in keep:
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+        yield EntryBatch(batch, got.vectors[layer], got.n_tokens, got.truncated)
 
 
-def cache_path_for(store: Store, model: str, dataset: str, layer: int) -> Path:
+def cache_path_for(store: "Store", model: str, dataset: str, layer: int) -> Path:
     """The materialisation file a load of this entry and layer would use now."""
     e = store.resolve(model, dataset)
-    vver, dver = _versions(store, e)
-    return store.cache_dir / f"{_cache_stem(e, layer)}_v{vver}_d{dver}.npy"
+    stem = store.cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
+    return store.cache.paths(stem, store.table_versions(e))[0]
 
 
-__all__ = ["Embeddings", "load", "clear_stale_cache", "cache_path_for", "short"]
+__all__ = ["Embeddings", "EntryBatch", "cache_path_for", "iter_entry", "load", "read_vectors"]

@@ -1,6 +1,6 @@
 """Arrow schemas and table names of an embrm store.
 
-A store is one LanceDB database holding:
+A store is one LanceDB database (a folder of Lance datasets) holding:
 
 * ``embrm_meta`` – one row naming the store format; its presence marks a store;
 * ``catalog`` – one row per (model fingerprint, dataset fingerprint) entry;
@@ -31,6 +31,11 @@ def dataset_table(dataset_hash: str) -> str:
 
 def vector_table(model_hash: str) -> str:
     return f"vec_{model_hash[:NAME_CHARS]}"
+
+
+def entry_id(model_hash: str, dataset_hash: str) -> str:
+    """The catalog's key of a (model, dataset) entry."""
+    return f"{model_hash}:{dataset_hash}"
 
 
 def layer_column(layer: int) -> str:

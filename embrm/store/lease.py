@@ -1,0 +1,10 @@
+"""Placeholder: replaced by the object-store lease."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def lease(tables, name: str) -> Iterator[None]:
+    yield
