@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_rm import data
+
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import pairwise_accuracy
 from embrm.rm.models import members_per_group

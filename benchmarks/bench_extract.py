@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embrm.extractor import ExtractConfig, extract
+from embrm.extractor import EmbeddingSpec, ExtractConfig, RunOptions, extract
 from embrm.extractor.datasets import DatasetSpec, iter_rows
 from embrm.extractor.formatting import encode_batch
-from embrm.extractor.models import load_model, load_tokenizer, resolve_model
+from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_model
 from embrm.store import open_store
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -63,7 +63,7 @@ def main() -> None:
     tok = load_tokenizer(src)
     enc = encode_batch(tok, [r["prompt"] for r in rows], [r["response"] for r in rows], "raw", a.max_length, "left")
     real_tokens = sum(len(e.ids) for e in enc)
-    model = load_model(src, "float32", "cpu")
+    model = load_pretrained(src, "AutoModel", "float32", "cpu")
     res: dict[str, dict] = {}
 
     def record(name: str, seconds: float, note: str = "") -> None:
@@ -95,8 +95,9 @@ def main() -> None:
     vecs = {}
     with tempfile.TemporaryDirectory() as d:
         for dtype in ("float32", "bfloat16"):
-            cfg = ExtractConfig(dataset=str(HH), limit=a.pairs, dtype=dtype, max_length=a.max_length,
-                                store=f"{d}/s", quiet=True)
+            cfg = ExtractConfig(DatasetSpec(str(HH), limit=a.pairs),
+                                EmbeddingSpec(dtype=dtype, max_length=a.max_length),
+                                RunOptions(store=f"{d}/s", quiet=True))
             r = extract(cfg)
             res[f"(c) embrm {dtype}"] = {"seconds": r.compute_seconds, "tok_s": r.tokens / r.compute_seconds,
                                          "end_to_end_s": r.seconds, "note": "forward+pool+write, model load excluded"}
@@ -104,13 +105,14 @@ def main() -> None:
                   f"(end to end incl. load {r.seconds:.1f} s)", flush=True)
             vecs[dtype] = open_store(f"{d}/s").load(r.model_hash, r.dataset_hash).vectors
     mean_len = real_tokens / len(enc)
-    fpt = flops_per_token(load_model(src, "float32", "cpu"), mean_len)
+    fpt = flops_per_token(load_pretrained(src, "AutoModel", "float32", "cpu"), mean_len)
     peak = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
     for dt, f in peak.items():
         res[f"(d) roofline {dt}"] = {"tok_s": f / fpt, "matmul_gflops": f / 1e9, "note": f"{fpt / 1e6:.0f} MFLOP/token"}
 
     base_b = res.get("(b) seed: bs 50 padded to 512, fp32", {}).get("tok_s")
-    print(f"\n# SmolLM2-135M-Instruct, {len(enc)} HH-RLHF items, mean {mean_len:.0f} tokens, max_length {a.max_length}; "
+    print(f"\n# SmolLM2-135M-Instruct, {len(enc)} HH-RLHF items, mean {mean_len:.0f} tokens, "
+          f"max_length {a.max_length}; "
           f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"{'method':40s} {'tok/s':>9s} {'vs (b)':>7s}")
     for k, v in res.items():

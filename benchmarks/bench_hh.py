@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embrm.extractor import ExtractConfig, extract
+from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import aggregate
 from embrm.rm.pairs import Pairs
@@ -48,8 +48,8 @@ def main() -> None:
     a = ap.parse_args()
     if not HH.exists():
         raise SystemExit(f"needs {HH}")
-    r = extract(ExtractConfig(dataset=str(HH), store=a.store, pooling=a.pooling, max_length=a.max_length,
-                              limit=a.limit, quiet=False, skip_bad_rows=True))  # 4 pairs have an empty reply
+    r = extract(ExtractConfig(DatasetSpec(str(HH), limit=a.limit),
+                              EmbeddingSpec(pooling=a.pooling, max_length=a.max_length), RunOptions(store=a.store)))
     print(r.report(), flush=True)
     store = open_store(a.store)
     emb = store.load(r.model_hash, r.dataset_hash)

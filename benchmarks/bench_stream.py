@@ -23,9 +23,10 @@ from pathlib import Path
 
 CHILD = """
 import json, sys, time, resource
-from embrm.extractor import ExtractConfig, extract
+from embrm.extractor import DatasetSpec, ExtractConfig, RunOptions, extract
 t = time.perf_counter()
-r = extract(ExtractConfig(dataset=sys.argv[1], store=sys.argv[2], quiet=True, window=int(sys.argv[3])))
+r = extract(ExtractConfig(DatasetSpec(sys.argv[1]), run=RunOptions(store=sys.argv[2], quiet=True,
+                                                                   window=int(sys.argv[3]))))
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "computed": r.computed, "cached": r.cached, "model_loaded": r.model_loaded,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -73,7 +74,8 @@ def main() -> None:
     print(f"\n# SmolLM2-135M-Instruct, synthetic pointwise rows; {platform.machine()}, {os.cpu_count()} cores")
     print(f"{'run':26s} {'rows':>6s} {'computed':>8s} {'cached':>7s} {'seconds':>8s} {'peak RSS MB':>11s}")
     for k, v in res.items():
-        print(f"{k:26s} {v['rows']:6d} {v['computed']:8d} {v['cached']:7d} {v['seconds']:8.2f} {v['peak_rss_mb']:11.0f}")
+        print(f"{k:26s} {v['rows']:6d} {v['computed']:8d} {v['cached']:7d} {v['seconds']:8.2f} "
+              f"{v['peak_rss_mb']:11.0f}")
     print(f"all cached: {res['all cached']['seconds_per_10k_rows']:.2f} s per 10k rows, model loaded: "
           f"{res['all cached']['model_loaded']}")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

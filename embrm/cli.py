@@ -14,7 +14,7 @@ from embrm.options import EmbrmGroup
 COMMANDS = {
     "store": "embrm.store.cli:store",
     "extract": "embrm.extractor.cli:extract_cmd",
-    # "serve": "embrm.serve.cli:serve_cmd",
+    "serve": "embrm.serve.cli:serve_cmd",
     "train": "embrm.rm.cli:train_cmd",
     "eval": "embrm.rm.cli:eval_cmd",
     "score": "embrm.rm.cli:score_cmd",

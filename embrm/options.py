@@ -6,7 +6,8 @@ Kept apart from the commands so each command module stays a cheap import (click 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import click
 

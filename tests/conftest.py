@@ -36,7 +36,7 @@ def build_tiny_model(path: Path, vocab_words: list[str] | None = None, layers: i
     """A randomly initialised 2-layer Llama with a real fast tokenizer and chat template,
     saved with save_pretrained, so the real loading code runs in seconds."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     words = vocab_words or []

@@ -9,9 +9,10 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import HH_RLHF
 from embrm.errors import EmbrmError
 from embrm.extractor.datasets import Columns, DatasetSpec, dataset_kind, iter_rows, split_hh
+
+from conftest import HH_RLHF
 
 RECS = [
     {"prompt": "p0", "responses": ["a", "b", "c"], "rewards": [0.1, 0.5, -1.0]},

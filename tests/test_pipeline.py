@@ -86,7 +86,7 @@ def test_generate_resumes_after_sigkill(tmp_path, tiny_model):
     prompts, out = _prompts(tmp_path), tmp_path / "g.jsonl"
     _run_and_kill([str(script), "generate", str(prompts), str(out), "2", str(tiny_model)], after=1)
     assert not out.exists()
-    partial = [json.loads(l) for l in (tmp_path / "g.jsonl.partial.jsonl").read_text().splitlines()]
+    partial = [json.loads(line) for line in (tmp_path / "g.jsonl.partial.jsonl").read_text().splitlines()]
     assert len(partial) == 2
     res = subprocess.run([sys.executable, str(script), "generate", str(prompts), str(out), "0", str(tiny_model)],
                          capture_output=True, text=True, check=True).stdout
@@ -98,7 +98,8 @@ def test_generate_resumes_after_sigkill(tmp_path, tiny_model):
 
 def _multi_file(tmp_path: Path) -> Path:
     p = tmp_path / "m.jsonl"
-    recs = [{"prompt": "How was your day?", "responses": ["It was wonderful, thank you so much!", "Terrible and awful."]},
+    recs = [{"prompt": "How was your day?",
+             "responses": ["It was wonderful, thank you so much!", "Terrible and awful."]},
             {"prompt": "Any advice?", "responses": ["You can do it, I believe in you.", "Give up, it is hopeless."]},
             {"prompt": "Hi", "responses": ["Hello friend!", "Go away."]}]
     p.write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -160,7 +161,8 @@ def test_generate_annotate_extract_train_chain_and_reproduce(tmp_path, tiny_mode
     data = tmp_path / "r.jsonl"
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"Prompt {i}: say something {'nice' if i % 2 else 'bad'}." for i in range(30)))
-    generate(GenerateConfig(prompts=str(prompts), out=str(data), model=str(tiny_model), k=4, max_new_tokens=16, min_new_tokens=4,
+    generate(GenerateConfig(prompts=str(prompts), out=str(data), model=str(tiny_model), k=4, max_new_tokens=16,
+                            min_new_tokens=4,
                             dtype="float32", quiet=True))
     annotate(AnnotateConfig(dataset=str(data), quiet=True))
     r = extract(extract_config(data, tiny_model, tmp_path / "s", dtype="float32", quiet=True))

@@ -64,7 +64,8 @@ def test_aggregations_and_metrics():
     np.testing.assert_allclose(aggregate(s, "mean"), [2, 2])
     np.testing.assert_allclose(aggregate(s, "min"), [1, 0])
     np.testing.assert_allclose(aggregate(s, "single"), [1, 4])
-    np.testing.assert_allclose(aggregate(s, "mean-var", 0.5), [2 - 0.5 * np.var([1, 3, 2]), 2 - 0.5 * np.var([4, 0, 2])])
+    np.testing.assert_allclose(aggregate(s, "mean-var", 0.5),
+                               [2 - 0.5 * np.var([1, 3, 2]), 2 - 0.5 * np.var([4, 0, 2])])
     np.testing.assert_allclose(aggregate(s, "mean-std", 2), [2 - 2 * np.std([1, 3, 2]), 2 - 2 * np.std([4, 0, 2])])
     sp = spearman_per_prompt(np.array([[1, 2, 3], [1, 1, 1]]), np.array([[3, 2, 1], [1, 2, 3]]))
     assert sp[0] == pytest.approx(-1) and np.isnan(sp[1])
@@ -176,8 +177,7 @@ def test_member_groups_give_the_same_rewards_and_gradients():
     gradients equal those of one batched matmul over all members."""
     import torch
 
-    from embrm.rm.models import EnsembleMLP
-    from embrm.rm.models import members_per_group
+    from embrm.rm.models import EnsembleMLP, members_per_group
 
     gen = torch.Generator().manual_seed(0)
     table = torch.randn(40, 6, generator=gen)
@@ -242,7 +242,8 @@ def _multi_store(path, p=60, k=6, d=16, seed=0):
              "prompt": f"p{i // k}", "response": f"r{i}"} for i in range(p * k)]
     store.write_dataset_rows("d" * 64, rows, len(rows))
     store.begin_entry("m" * 64, "synthetic-model", {}, "d" * 64, "synthetic-data", {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)), np.zeros(len(rows), bool))
+    store.write_vectors("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
+                        np.zeros(len(rows), bool))
     store.finish_entry("m" * 64, "d" * 64)
     return store
 
@@ -302,3 +303,146 @@ def test_missing_lightgbm_is_one_clear_line(tmp_path, monkeypatch):
     vp = build_pairs(r, np.arange(15, 20), 2, "within", "random", -1, None, 0)
     with pytest.raises(EmbrmError, match="method lgbm needs LightGBM"):
         train(x, tp, vp, TrainConfig(method="lgbm"))
+
+
+def test_ece_means_something_on_pairwise_data():
+    """A calibrated model has ECE near 0, a model saying 0.5 near |mean label - 0.5|, and
+    a chance-level model on winner-first pairs near 0 (each pair counted in both orders),
+    not 1 - mean p(winner) ~ 0.5."""
+    from embrm.rm.metrics import binned_calibration
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200_000)
+    assert binned_calibration(p, rng.random(len(p)) < p)[0] < 0.01  # labels drawn at the stated odds
+    y = (rng.random(10_000) < 0.8).astype(float)
+    assert binned_calibration(np.full(len(y), 0.5), y)[0] == pytest.approx(abs(y.mean() - 0.5), abs=1e-9)
+    d = rng.standard_normal(20_000)  # the true log-odds that the first item wins
+    won = rng.random(len(d)) < 1 / (1 + np.exp(-d))
+    sa, sb = np.where(won, d, 0.0), np.where(won, 0.0, d)  # stored winner first, as pairs are
+    ece, conf, acc, cnt = expected_calibration_error(sa, sb, np.ones(len(d)))
+    assert ece < 0.02 and cnt.sum() == 2 * len(d)
+    ok = cnt > 0
+    np.testing.assert_allclose(conf[ok], acc[ok], atol=0.05)  # the reliability plot agrees
+    noise = rng.standard_normal((2, 20_000)) * 0.01  # a model near chance
+    assert expected_calibration_error(noise[0], noise[1], np.ones(20_000))[0] < 0.02
+
+
+def test_member_adamw_equals_torch_adamw_and_members_keep_their_rates():
+    import torch
+
+    from embrm.rm.optim import MemberAdamW
+
+    torch.manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(3, 5, 4))
+    w2 = torch.nn.Parameter(w1.detach().clone())
+    ref = torch.optim.AdamW([w1], lr=1e-2, weight_decay=0.1)
+    mine = MemberAdamW([w2], torch.full((3,), 1e-2), torch.full((3,), 0.1))
+    for _ in range(25):
+        g = torch.randn(3, 5, 4)
+        w1.grad, w2.grad = g.clone(), g.clone()
+        ref.step()
+        mine.step()
+    torch.testing.assert_close(w2, w1, atol=1e-6, rtol=0)
+    # member m with its own rate moves exactly as a lone AdamW with that rate
+    rates, decays = torch.tensor([1e-3, 1e-2, 1e-1]), torch.tensor([0.0, 0.1, 0.5])
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    alone = [torch.nn.Parameter(w[m].detach().clone()) for m in range(3)]
+    opts = [torch.optim.AdamW([alone[m]], lr=float(rates[m]), weight_decay=float(decays[m])) for m in range(3)]
+    mine = MemberAdamW([w], rates, decays)
+    for _ in range(10):
+        g = torch.randn(3, 4)
+        w.grad = g.clone()
+        mine.step()
+        for m in range(3):
+            alone[m].grad = g[m].clone()
+            opts[m].step()
+    torch.testing.assert_close(w.detach(), torch.stack([a.detach() for a in alone]), atol=1e-6, rtol=0)
+
+
+def test_small_data_trains_for_enough_steps():
+    """A few hundred pairs: the batch adapts so that training takes many steps, and the
+    kept model is well below the chance loss ln 2 (a fixed batch of 1024 was one step an
+    epoch and stopped near ln 2)."""
+    from embrm.rm.trainer import MIN_STEPS, batch_for
+
+    assert batch_for(480, TrainConfig()) == 30 and batch_for(100_000, TrainConfig()) == 1024
+    assert batch_for(100, TrainConfig()) == 16 and batch_for(480, TrainConfig(batch_size=64)) == 64
+    x, r = _synthetic(p=120, k=4, d=32)
+    tr, va = split_prompts(len(r), 0.2, 0)
+    tp = build_pairs(r, tr, 5, "within", "random", -1, None, 0)  # 480 pairs
+    vp = build_pairs(r, va, 5, "within", "random", -1, None, 1)
+    m = train(x, tp, vp, TrainConfig(ensemble=2, hidden=(64,)))
+    assert m.log.batch_size == 30 and m.log.steps >= MIN_STEPS
+    assert max(m.log.val_loss) < 0.5 * np.log(2), m.log.val_loss
+
+
+def test_tune_picks_the_best_setting_of_a_batched_grid(tmp_path):
+    from embrm.rm.tune import Grid, tune
+
+    x, r = _synthetic(p=150, k=4, d=16)
+    tr, va = split_prompts(len(r), 0.2, 0)
+    tp = build_pairs(r, tr, 5, "within", "random", -1, None, 0)
+    vp = build_pairs(r, va, 5, "within", "random", -1, None, 1)
+    grid = Grid(lr=(1e-5, 1e-2), weight_decay=(0.0, 0.1), hidden=((8,), (32,)))
+    chosen, results = tune(x, tp, vp, TrainConfig(max_epochs=10), grid)
+    assert len(results) == 8 and {tuple(g["hidden"]) for g in results} == {(8,), (32,)}
+    best = min(results, key=lambda g: g["val_loss"])
+    assert (chosen.lr, chosen.weight_decay, list(chosen.hidden)) == (best["lr"], best["weight_decay"], best["hidden"])
+    assert chosen.lr == 1e-2  # 1e-5 barely moves in 10 epochs
+    # each grid member equals the same setting trained alone (one batched ensemble is only a schedule)
+    alone = train(x, tp, vp, TrainConfig(max_epochs=10, hidden=(8,), lr=1e-2, weight_decay=0.1, ensemble=1, seed=0))
+    grid_member = next(g for g in results if g["hidden"] == [8] and g["lr"] == 1e-2 and g["weight_decay"] == 0.1)
+    assert grid_member["val_loss"] == pytest.approx(alone.log.val_loss[0], rel=0.3)
+    _multi_store(tmp_path / "store")
+    res = CliRunner().invoke(cli, ["train", "--model-key", "synthetic-model", "--dataset-key", "ddd", "--tune",
+                                   "--epochs", "4", "--bon", "1,2,6", "--out", str(tmp_path / "run"),
+                                   "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+    assert "tuned over 27 settings" in res.output
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["tune"]
+    assert len(saved["grid"]) == 27 and saved["chosen"]["lr"] in (3e-4, 1e-3, 3e-3)
+
+
+def test_pairwise_prompt_ids_follow_prompt_text_so_splits_are_prompt_disjoint(tmp_path, tiny_model):
+    """Records repeating a prompt share its id; training's validation split and `eval` on
+    the training data then never see a prompt text from the other side."""
+    from embrm.extractor import extract
+    from embrm.rm.experiment import from_embeddings, make_training_pairs
+
+    from conftest import extract_config
+
+    recs = [{"prompt": f"Question {i % 7}?", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(40)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = extract(extract_config(data, tiny_model, tmp_path / "store", dtype="float32", quiet=True))
+    store = open_store(tmp_path / "store")
+    emb = store.load(res.model_hash, res.dataset_hash)
+    assert len(set(emb.prompt_id)) == 7
+    v, pid = emb.pairwise()
+    assert v.shape[0] == 40 and len(set(pid)) == 7
+    ds = from_embeddings(emb)
+    tr, va = split_prompts(ds.n_prompts, 0.3, 0)
+    rows = store.dataset_rows(res.dataset_hash, ["prompt"]).column("prompt").to_pylist()
+    by_item = {}
+    order = np.lexsort((emb.response_index, emb.prompt_id))  # items as from_embeddings arranges them
+    for flat, row in enumerate(order):
+        by_item[flat] = rows[row]
+    dc = DataConfig()
+    texts = [{by_item[i] for i in np.concatenate([p.a, p.b])}
+             for p in (make_training_pairs(ds, dc, tr), make_training_pairs(ds, dc, va, 1000))]
+    assert texts[0] and texts[1] and not texts[0] & texts[1]
+
+
+def test_export_carries_texts_unless_asked_not_to(tmp_path):
+    import pyarrow.parquet as pq
+
+    from embrm.store import export
+
+    store = _multi_store(tmp_path / "store", p=5, k=3)
+    t = pq.read_table(export(store, "synthetic-model", "synthetic-data", tmp_path / "x.parquet"))
+    assert t.column("prompt").to_pylist()[:4] == ["p0", "p0", "p0", "p1"]
+    assert t.column("response").to_pylist()[:2] == ["r0", "r1"] and t.num_rows == 15
+    emb = store.load("synthetic-model", "synthetic-data")
+    np.testing.assert_array_equal(np.stack(t.column("vector").to_numpy(zero_copy_only=False)), emb.vectors)
+    t = pq.read_table(export(store, "synthetic-model", "synthetic-data", tmp_path / "y.parquet", texts=False))
+    assert "prompt" not in t.column_names and "vector" in t.column_names

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HH_RLHF, extract_config
 from embrm.extractor import extract
 from embrm.extractor.models import default_gguf, load_pretrained, resolve_model
 from embrm.store import open_store
+
+from conftest import HH_RLHF, extract_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HH_RLHF.exists(), reason="../shared/data/hh-rlhf is absent")]
 
@@ -25,8 +26,8 @@ def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
     # batched, length-sorted fp32 equals one-at-a-time fp32
     src = resolve_model(None)
     model = load_pretrained(src, "AutoModel", "float32", "cpu")
-    from embrm.extractor.models import load_tokenizer
     from embrm.extractor.formatting import encode_batch
+    from embrm.extractor.models import load_tokenizer
 
     tok = load_tokenizer(src)
     rows = store.dataset_rows(res.dataset_hash, ["prompt", "response"]).to_pylist()
@@ -36,3 +37,15 @@ def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
     np.testing.assert_allclose(emb.vectors, ref, rtol=1e-4, atol=1e-4)
     again = extract(cfg)
     assert (again.computed, again.cached, again.model_loaded) == (0, 12, False)
+
+
+def test_quiet_means_quiet_third_party_bars_included(tmp_path):
+    """`--quiet` silences the GGUF loader's "Converting and de-quantizing" bar too."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "embrm.cli", "extract", "--dataset", str(HH_RLHF), "--limit", "2",
+            "--max-length", "128", "--store", str(tmp_path / "s"), "--quiet"]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr == "" and "computed 4" in res.stdout

@@ -39,7 +39,7 @@ def _write(store, mh: str, dh: str, rows, vec_of, kind="multi", dtype="float32",
     store.write_dataset_rows(dh, rows, len(rows))
     store.begin_entry(mh, name or "model-x", {"pooling": "last"}, dh, f"data-{dh[:4]}", {"path": "x"}, kind, len(rows))
     keys = [r["item_key"] for r in rows]
-    vecs = {l: np.stack([vec_of(k, l) for k in keys]) for l in layers}
+    vecs = {layer: np.stack([vec_of(k, layer) for k in keys]) for layer in layers}
     store.write_vectors(mh, keys, vecs, np.arange(len(keys)) + 1, np.zeros(len(keys), bool), dtype=dtype)
     return store.finish_entry(mh, dh)
 
@@ -206,7 +206,7 @@ def test_export_rm_gc(store_path, tmp_path):
     assert res["tables_dropped"] == 1 and res["vectors_deleted"] == 2  # p0's two items
     assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 4
     np.testing.assert_array_equal(store.load("model-x", "bbb").vectors, np.stack([_vec(r["item_key"]) for r in b]))
-    assert not any(p.name.startswith(("m" * 16 + "_" + "a" * 16)) for p in store.cache.dir.iterdir())
+    assert not any(p.name.startswith("m" * 16 + "_" + "a" * 16) for p in store.cache.dir.iterdir())
 
 
 def test_many_small_writes_are_compacted(store_path):
@@ -263,6 +263,7 @@ def test_sigkill_mid_write_then_rerun_has_every_row_once(store_path, py):
                 break
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    p.stdout.close()
     assert p.returncode == -signal.SIGKILL
     store = open_store(store_path)
     partial = store.cached_keys("a" * 64)
@@ -280,7 +281,7 @@ def test_two_concurrent_writers_leave_no_duplicates(store_path, py):
     procs = [subprocess.Popen([py, str(WRITER), str(store_path), str(n), "25", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     _check_exactly_once(store_path, n)
     store = open_store(store_path)

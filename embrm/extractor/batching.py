@@ -1,7 +1,8 @@
 """Length-sorted, token-budget batches: padding close to zero, order restored later."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,7 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_batch: i
     return batches
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple["torch.Tensor", "torch.Tensor"]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (ids, attention mask) tensors padded to the longest, on the
     left or the right."""
     import torch

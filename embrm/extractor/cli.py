@@ -5,7 +5,8 @@ served model and an extracted one are named by the same flags and fingerprints.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -29,6 +30,10 @@ MODEL_OPTIONS = [
                  help="Padded tokens per forward batch (default: 2048 on CPU, 32768 on GPU)."),
     click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default)."),
 ]
+
+
+MODEL_PARAMS = {"model", "revision", "input_format", "pooling", "layers", "dtype", "device", "max_length",
+                "truncation_side", "batch_tokens", "trust_remote_code"}
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,11 +67,14 @@ def embedding_spec(kw: dict[str, Any]) -> Any:
 @click.option("--reward-col", default="reward", show_default=True)
 @click.option("--label-col", default="label", show_default=True)
 @click.option("--messages-col", default="messages", show_default=True)
-@click.option("--skip-bad-rows", is_flag=True, help="Skip (and count) records with a non-text value or nothing to embed.")
+@click.option("--skip-bad-rows", is_flag=True,
+              help="Skip (and count) records with a non-text value or nothing to embed.")
 @model_options
 @click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per store commit (a crash loses at most one).")
 @click.option("--quiet", is_flag=True, help="No progress bars, ours or the libraries'.")
+@click.option("--server", default=None, metavar="URL",
+              help="Extract on an `embrm serve` service (its model, its store) instead of here.")
 @store_option
 def extract_cmd(**kw: Any) -> None:
     """Embed every (prompt, response) of a dataset into the store, once."""
@@ -75,7 +83,18 @@ def extract_cmd(**kw: Any) -> None:
 
         quiet_third_party()
     from embrm.extractor.datasets import Columns, DatasetSpec
-    from embrm.extractor.extraction import ExtractConfig, RunOptions, extract
+    from embrm.extractor.extraction import ExtractConfig, RunOptions
+
+    server = kw.pop("server")
+    if server:
+        given = [o.opts[0] for o in click.get_current_context().command.params
+                 if o.name in MODEL_PARAMS and click.get_current_context().get_parameter_source(o.name).name
+                 != "DEFAULT"]
+        if given or kw["store_uri"]:
+            from embrm.errors import EmbrmError
+
+            raise EmbrmError(f"{', '.join(given + (['--store'] if kw['store_uri'] else []))}: with --server the "
+                             "service's model and store are used; see its GET /v1/info")
 
     cols = Columns(kw.pop("prompt_col"), kw.pop("response_col"), kw.pop("chosen_col"), kw.pop("rejected_col"),
                    kw.pop("responses_col"), kw.pop("rewards_col"), kw.pop("reward_col"), kw.pop("label_col"),
@@ -85,5 +104,13 @@ def extract_cmd(**kw: Any) -> None:
     spec = embedding_spec(kw)
     run = RunOptions(device=kw.pop("device"), batch_tokens=kw.pop("batch_tokens"), window=kw.pop("window"),
                      store=kw.pop("store_uri"), quiet=kw.pop("quiet"))
-    res = extract(ExtractConfig(data, spec, run))
+    cfg = ExtractConfig(data, spec, run)
+    if server:
+        from embrm.serve.client import extract_remote
+
+        res = extract_remote(server, cfg)
+    else:
+        from embrm.extractor.extraction import extract
+
+        res = extract(cfg)
     click.echo(res.report())

@@ -17,8 +17,14 @@ import numpy as np
 
 from embrm.errors import EmbrmError
 from embrm.extractor.formatting import FORMATS, Encoded, encode_batch, template_text
-from embrm.extractor.models import (ModelSource, load_pretrained, load_tokenizer, resolve_device, resolve_dtype,
-                                    resolve_model)
+from embrm.extractor.models import (
+    ModelSource,
+    load_pretrained,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+)
 from embrm.extractor.pooling import POOLINGS
 from embrm.store.keys import ModelFingerprint
 
@@ -123,7 +129,7 @@ class Embedder:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def load(self) -> "Embedder":
+    def load(self) -> Embedder:
         """Load tokenizer and weights now, so a bad model or layer fails before any write."""
         if self._model is not None:
             return self

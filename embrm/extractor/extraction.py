@@ -15,8 +15,9 @@ Memory stays flat in the dataset size apart from the item keys (32 bytes a row).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from embrm.errors import EmbrmError
 from embrm.extractor.datasets import DatasetSpec

@@ -11,8 +11,9 @@ The local loop, the service's dataset jobs and the Ray driver all start from an
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -93,7 +94,7 @@ class ExtractionPlan:
     def n_missing(self) -> int:
         return len(self.missing)
 
-    def register(self, store: "Store") -> None:
+    def register(self, store: Store) -> None:
         """Write the dataset's rows table (idempotent) and open the catalog entry."""
         d = self.data
         store.write_dataset_rows(d.dataset_hash, d.rows(), d.n_rows)
@@ -105,7 +106,7 @@ class ExtractionPlan:
                 f"{self.data.n_rows} rows, {self.n_missing} distinct items to compute")
 
 
-def plan_extraction(data: DatasetScan, embedder: "Embedder", store: "Store") -> ExtractionPlan:
+def plan_extraction(data: DatasetScan, embedder: Embedder, store: Store) -> ExtractionPlan:
     """The plan of ``data`` under ``embedder``'s fingerprint. Loads no weights."""
     return ExtractionPlan(data, embedder.model_hash, embedder.model_name, embedder.catalog_config(),
                           store.missing_keys(embedder.model_hash, data.keys))

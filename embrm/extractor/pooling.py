@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 POOLINGS = ("last", "mean", "mean-all")
 
 
-def pool(hidden: "torch.Tensor", mask: "torch.Tensor", response_start: "torch.Tensor", how: str) -> "torch.Tensor":
+def pool(hidden: torch.Tensor, mask: torch.Tensor, response_start: torch.Tensor, how: str) -> torch.Tensor:
     """(B, T, H) hidden states -> (B, H) float32 vectors.
 
     ``response_start`` is each row's first response token, counted in real tokens from

@@ -22,7 +22,8 @@ def _quiet_hf(quiet: bool) -> None:
 
 
 @click.command("generate")
-@click.option("--prompts", required=True, help="A .txt (a prompt a line), a .jsonl/.parquet/.csv with a prompt column, or 'builtin'.")
+@click.option("--prompts", required=True,
+              help="A .txt (a prompt a line), a .jsonl/.parquet/.csv with a prompt column, or 'builtin'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl or .parquet file to write.")
 @click.option("--model", default=None, help="Hub id, directory or .gguf (default: packaged SmolLM2-135M-Instruct).")
 @click.option("--k", type=int, default=8, show_default=True, help="Responses per prompt.")
@@ -33,7 +34,8 @@ def _quiet_hf(quiet: bool) -> None:
 @click.option("--batch-prompts", type=int, default=16, show_default=True)
 @click.option("--prompt-column", default="prompt", show_default=True)
 @click.option("--limit", type=int, default=None)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
 def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, seed, batch_prompts, prompt_column,
@@ -55,15 +57,17 @@ def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, see
               help="'vader' (offline default) or a sequence-classification model: hub id or directory.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write here instead of in place.")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Compute dtype of a reward model (VADER ignores it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def annotate_cmd(dataset, reward_model, out, batch_tokens, device, quiet) -> None:
+def annotate_cmd(dataset, reward_model, out, batch_tokens, dtype, device, quiet) -> None:
     """Score every response with a golden reward and write the rewards (resumable)."""
     from embrm.pipeline.annotate import AnnotateConfig, annotate
 
     _quiet_hf(quiet)
     res = annotate(AnnotateConfig(dataset=dataset, out=out, reward_model=reward_model, batch_tokens=batch_tokens,
-                                  device=device, quiet=quiet))
+                                  dtype=dtype, device=device, quiet=quiet))
     click.echo(f"{res['records']} records: scored {res['scored']}, reused {res['reused']} with "
                f"{res['reward_model']} ({res['seconds']:.1f} s) -> {res['out']}")
 

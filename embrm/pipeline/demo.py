@@ -13,9 +13,10 @@ stored vectors. A second run only retrains the small reward models.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from embrm.extractor.datasets import DatasetSpec
 from embrm.extractor.embedder import EmbeddingSpec

@@ -10,11 +10,11 @@ of the same command reproduces the same responses.
 """
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from embrm.errors import EmbrmError
 from embrm.pipeline.files import PartialFile, read_records

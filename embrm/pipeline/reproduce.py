@@ -7,10 +7,10 @@ golden reward, Spearman and pairwise accuracy. Writes one figure and one table.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from embrm.rm.experiment import DataConfig, train_from_store
 from embrm.rm.run import write_json
@@ -97,8 +97,11 @@ def _figure(curves: dict[tuple[str, float], dict[str, Any]], rc: ReproduceConfig
             for agg in AGGS:
                 ax.plot(m["N"], m["aggregations"][agg]["bon"], color=colors[agg], ls=styles[q % len(styles)],
                         marker="o", ms=2.5, label=f"{agg}, {_quality(beta)}")
+        ref = curves[(method, rc.qualities[0])]  # every run shares the seed's held-out prompts
+        ax.plot(ref["N"], ref["oracle"], ls="--", c="grey", label="oracle (gold picks)")
+        ax.axhline(ref["random"], ls=":", c="k", label="random pick")
         ax.set_xscale("log")
-        ns = curves[(method, rc.qualities[0])]["N"]
+        ns = ref["N"]
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
         ax.set_title(f"{method.upper()} ensemble of {rc.members}")

@@ -28,8 +28,14 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--bootstrap", is_flag=True, help="Members train on bootstrap resamples.")
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True, help="MLP hidden sizes.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="At most; early stopping on validation.")
-@click.option("--batch-size", type=int, default=1024, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Pairs per step (default: adapts to the data, n/16 within 16..1024).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Decoupled (AdamW) weight decay.")
+@click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Epochs without a better validation loss before stopping (after at least 200 steps).")
+@click.option("--tune", is_flag=True, help="Choose lr, weight decay and hidden size from a small grid first.")
 @click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for validation.")
 @click.option("--layer", type=int, default=None, help="Stored layer to train on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -37,20 +43,25 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory to write.")
 @STORE
 def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pairs, pairs_per_prompt, diversity,
-              scale, bootstrap, hidden, epochs, batch_size, lr, val_frac, layer, seed, bon, out, store_uri) -> None:
+              scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, val_frac, layer, seed,
+              bon, out, store_uri) -> None:
     """Train a reward-model ensemble on stored embeddings."""
     from embrm.rm.experiment import DataConfig, table, train_from_store
     from embrm.rm.trainer import TrainConfig
     from embrm.store.cli import open_any
 
-    tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, batch_size=batch_size,
-                     max_epochs=epochs, bootstrap=bootstrap, seed=seed)
+    tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, weight_decay=weight_decay,
+                     batch_size=batch_size, max_epochs=epochs, patience=patience, bootstrap=bootstrap, seed=seed)
     dc = DataConfig(pairs=pairs, pairs_per_prompt=pairs_per_prompt, diversity=diversity,
                     annotation_quality=annotation_quality, scale=scale, val_frac=val_frac, seed=seed)
     model, metrics = train_from_store(open_any(store_uri), model_key, dataset_key, tc, dc,
-                                      Path(out) if out else None, layer, ns_list(bon))
+                                      Path(out) if out else None, layer, ns_list(bon), tune=tune)
+    if tune:
+        c = metrics["tune"]["chosen"]
+        click.echo(f"tuned over {len(metrics['tune']['grid'])} settings: lr {c['lr']:g}, weight decay "
+                   f"{c['weight_decay']:g}, hidden {','.join(map(str, c['hidden'])) or '-'}")
     click.echo(f"trained {method} x{ensemble} on {metrics['train_pairs']} pairs in {model.log.seconds:.1f} s "
-               f"({model.log.epochs} epochs); validation ({metrics['val_pairs']} pairs):")
+               f"({model.log.epochs} epochs, batch {model.log.batch_size}); validation ({metrics['val_pairs']} pairs):")
     click.echo(table(metrics))
     if out:
         click.echo(f"wrote {out}/")

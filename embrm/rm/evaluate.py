@@ -9,9 +9,19 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.rm.metrics import (AGGREGATIONS, DEFAULT_BON, aggregate, best_of_n, bon_quantile, check_bon,
-                              expected_calibration_error, kendall_per_prompt, nanmean, pairwise_accuracy,
-                              spearman_per_prompt)
+from embrm.rm.metrics import (
+    AGGREGATIONS,
+    DEFAULT_BON,
+    aggregate,
+    best_of_n,
+    bon_quantile,
+    check_bon,
+    expected_calibration_error,
+    kendall_per_prompt,
+    nanmean,
+    pairwise_accuracy,
+    spearman_per_prompt,
+)
 from embrm.rm.pairs import make_pairs
 
 

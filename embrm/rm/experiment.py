@@ -20,7 +20,6 @@ from embrm.rm.plots import bon_curves, calibration
 from embrm.rm.run import load_run, save_run, write_json
 from embrm.rm.trainer import RewardModel, TrainConfig, train
 from embrm.store.loader import Embeddings
-from embrm.store.store import Store
 
 
 @dataclass
@@ -112,18 +111,30 @@ def write_outputs(out: Path, metrics: dict[str, Any], scores: np.ndarray, ds: Da
     calibration(conf, acc, cnt, ece, out / "calibration.png", title)
 
 
-def train_from_store(store: Store, model_key: str, dataset_key: str, tc: TrainConfig, dc: DataConfig,
-                     out: Path | None = None, layer: int | None = None, ns: list[int] | None = None
-                     ) -> tuple[RewardModel, dict[str, Any]]:
-    """Train on a store entry with a prompt-disjoint validation split; write a run directory."""
+def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConfig, dc: DataConfig,
+                     out: Path | None = None, layer: int | None = None, ns: list[int] | None = None,
+                     tune: bool = False) -> tuple[RewardModel, dict[str, Any]]:
+    """Train on a store entry with a prompt-disjoint validation split; write a run directory.
+
+    With ``tune``, learning rate, weight decay and hidden size are first chosen from a
+    small grid on the validation split (:mod:`embrm.rm.tune`).
+    """
     emb = store.load(model_key, dataset_key, layer=layer)
     ds = from_embeddings(emb)
     train_p, val_p = split_prompts(ds.n_prompts, dc.val_frac, dc.seed)
     tp = make_training_pairs(ds, dc, train_p)
     vp = make_training_pairs(ds, dc, val_p, seed_offset=1000)
+    grid: list[dict[str, Any]] | None = None
+    if tune:
+        from embrm.rm.tune import tune as tune_grid
+
+        tc, grid = tune_grid(ds.x, tp, vp, tc)
     model = train(ds.x, tp, vp, tc)
     metrics, scores = evaluate_dataset(model, ds, val_p, ns, seed=dc.seed)
     metrics = {"split": "validation", "train_pairs": len(tp), "val_pairs": len(vp), **metrics}
+    if grid is not None:
+        metrics["tune"] = {"chosen": {"lr": tc.lr, "weight_decay": tc.weight_decay, "hidden": list(tc.hidden)},
+                           "grid": grid}
     if out is not None:
         out = Path(out)
         e = emb.entry
@@ -136,7 +147,7 @@ def train_from_store(store: Store, model_key: str, dataset_key: str, tc: TrainCo
     return model, metrics
 
 
-def eval_from_store(run_dir: Path, store: Store, dataset_key: str, ns: list[int] | None = None,
+def eval_from_store(run_dir: Path, store: Any, dataset_key: str, ns: list[int] | None = None,
                     coef: float = 1.0, write: bool = True) -> dict[str, Any]:
     """Evaluate a run on a dataset of the same model. On its own training dataset only the
     held-out prompts are used, so nothing it trained on is scored."""
@@ -158,23 +169,35 @@ def eval_from_store(run_dir: Path, store: Store, dataset_key: str, ns: list[int]
     return metrics
 
 
-def score_from_store(run_dir: Path, store: Store, dataset_key: str, out: Path) -> Path:
-    """Write every row's member scores and aggregations to Parquet."""
+def score_from_store(run_dir: Path, store: Any, dataset_key: str, out: Path, batch_size: int = 16384) -> Path:
+    """Write every row's member scores and aggregations to Parquet, streaming the entry:
+    memory is bounded by ``batch_size`` rows, never by the entry's size."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     model, cfg = load_run(run_dir)
-    emb = store.load(cfg["model_hash"], dataset_key, layer=cfg.get("layer"))
-    scores = model.score(emb.vectors)
-    cols: dict[str, Any] = {"item_key": emb.item_key, "prompt_id": emb.prompt_id,
-                            "response_index": emb.response_index, "role": list(emb.role)}
-    for how in AGGREGATIONS:
-        cols[f"score_{how.replace('-', '_')}"] = aggregate(scores, how)
-    cols["member_scores"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(scores.T).ravel()),
-                                                              scores.shape[0])
+    e = store.resolve(cfg["model_hash"], dataset_key)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), out)
+    tmp = out.with_name(out.name + ".tmp")
+    writer = None
+    try:
+        for b in store.iter_entry(e.model_hash, e.dataset_hash, layer=cfg.get("layer"), batch_size=batch_size,
+                                  columns=["item_key", "prompt_id", "response_index", "role"]):
+            scores = model.score(b.vectors)
+            t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
+            for how in AGGREGATIONS:
+                t = t.append_column(f"score_{how.replace('-', '_')}", pa.array(aggregate(scores, how)))
+            t = t.append_column("member_scores", pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(scores.T).ravel()), scores.shape[0]))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t)
+        if writer is not None:
+            writer.close()
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

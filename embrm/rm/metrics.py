@@ -43,7 +43,8 @@ def bon_weights(k: int, ns: list[int]) -> np.ndarray:
     out = np.zeros((len(ns), k))
     for r, n in enumerate(ns):
         ok = i >= n
-        logw = (gammaln(i[ok]) - gammaln(n) - gammaln(i[ok] - n + 1)) - (gammaln(k + 1) - gammaln(n + 1) - gammaln(k - n + 1))
+        log_choose = gammaln(i[ok]) - gammaln(n) - gammaln(i[ok] - n + 1)  # log C(i-1, N-1)
+        logw = log_choose - (gammaln(k + 1) - gammaln(n + 1) - gammaln(k - n + 1))
         out[r, ok] = np.exp(logw)
     return out
 
@@ -112,11 +113,11 @@ def pairwise_accuracy(score_a: np.ndarray, score_b: np.ndarray, y: np.ndarray) -
     return float(np.mean(np.where(pred == 0, 0.5, pred == truth)))
 
 
-def expected_calibration_error(score_a: np.ndarray, score_b: np.ndarray, y: np.ndarray, bins: int = 10
-                               ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """ECE of the BT probabilities sigmoid(s_a - s_b), plus per-bin confidence,
-    accuracy and counts for a reliability plot."""
-    p = 1 / (1 + np.exp(-(score_a - score_b)))
+def binned_calibration(p: np.ndarray, y: np.ndarray, bins: int = 10
+                       ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Expected calibration error of probabilities ``p`` against 0/1 labels ``y`` in equal-width
+    bins, plus per-bin confidence, frequency and counts for a reliability plot."""
+    p, y = np.asarray(p, float), np.asarray(y, float)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
     conf = np.bincount(which, p, bins)
@@ -126,6 +127,22 @@ def expected_calibration_error(score_a: np.ndarray, score_b: np.ndarray, y: np.n
         conf, acc = conf / cnt, acc / cnt
     ece = float(np.nansum(np.abs(conf - acc) * cnt) / max(cnt.sum(), 1))
     return ece, conf, acc, cnt
+
+
+def expected_calibration_error(score_a: np.ndarray, score_b: np.ndarray, y: np.ndarray, bins: int = 10
+                               ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """ECE of the Bradley-Terry probability sigmoid(s_a - s_b) that ``a`` is preferred.
+
+    Every pair is counted in both orders: (a, b) with label y and (b, a) with 1 - y. Pairs
+    are usually stored winner first, and with one order only the labels are all 1, so ECE
+    would reduce to 1 - mean p(winner): about 0.5 for any model near chance. Both orders
+    make the measure independent of how pairs happen to be presented, and the reliability
+    plot (the bins of :func:`binned_calibration`) shows the same numbers.
+    """
+    d = np.asarray(score_a, float) - np.asarray(score_b, float)
+    y = np.asarray(y, float)
+    p = 1 / (1 + np.exp(-np.concatenate([d, -d])))
+    return binned_calibration(p, np.concatenate([y, 1 - y]), bins)
 
 
 def nanmean(x: np.ndarray) -> float:

@@ -15,7 +15,6 @@ import math
 import torch
 from torch import nn
 
-
 # Hidden-activation bytes that one batched matmul over a group of members may produce.
 # Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, three runs): all 10
 # members of the seed-size MLP at D=576 in one group ((10, 2048, 1024) activations, 42 MB

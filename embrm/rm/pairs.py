@@ -32,7 +32,7 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.a)
 
-    def subset(self, mask: np.ndarray) -> "Pairs":
+    def subset(self, mask: np.ndarray) -> Pairs:
         return Pairs(self.a[mask], self.b[mask], self.y[mask], self.prompt[mask])
 
 

@@ -51,7 +51,7 @@ def calibration(conf: np.ndarray, acc: np.ndarray, cnt: np.ndarray, ece: float, 
     ok = cnt > 0
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
     ax.plot(conf[ok], acc[ok], marker="o")
-    ax.set_xlabel("predicted P(a preferred)")
+    ax.set_xlabel("predicted P(a preferred), each pair in both orders")
     ax.set_ylabel("observed frequency")
     ax.set_title(f"{title} ECE={ece:.3f}".strip())
     fig.tight_layout()

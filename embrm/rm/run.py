@@ -7,6 +7,7 @@ directory it cannot read instead of misreading it.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,7 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = {"run_format": RUN_FORMAT, "embrm_version": __version__, "dim": model.dim,
            "train": config_dict(model.config),
-           "log": {"epochs": model.log.epochs, "best_epoch": model.log.best_epoch,
-                   "val_loss": model.log.val_loss, "seconds": model.log.seconds}, **extra}
+           "log": asdict(model.log), **extra}
     if model.net is not None:
         save_file({k: v.contiguous() for k, v in model.net.state().items()}, str(out / WEIGHTS))
     else:

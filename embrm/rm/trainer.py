@@ -26,9 +26,18 @@ import torch.nn.functional as F
 from embrm.errors import EmbrmError
 from embrm.hardware import cpu_has_fast_bf16
 from embrm.rm.models import EnsembleMLP
+from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
 
 METHODS = ("bt", "clf", "linear", "lgbm")
+
+
+# The batch adapts to the data (see batch_for): at least MIN_STEPS_PER_EPOCH optimiser
+# steps an epoch, so a few hundred pairs are not one Adam step an epoch, and at most
+# MAX_BATCH rows, the size measured fastest per pair on large data.
+MIN_BATCH, MAX_BATCH, MIN_STEPS_PER_EPOCH = 16, 1024, 16
+# Early stopping waits for at least this many optimiser steps before it may stop.
+MIN_STEPS = 200
 
 
 @dataclass
@@ -39,10 +48,10 @@ class TrainConfig:
     ensemble: int = 1
     hidden: tuple[int, ...] = (1024, 512)
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 1024
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    batch_size: int | None = None  # None: adapts to the number of training pairs (batch_for)
     max_epochs: int = 30
-    patience: int = 3
+    patience: int = 3  # epochs without a better validation loss, once MIN_STEPS steps are done
     bootstrap: bool = False
     seed: int = 0
     bf16: bool | None = None  # None: where the CPU has native bf16 matmul
@@ -54,8 +63,23 @@ class TrainConfig:
             raise EmbrmError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.ensemble < 1:
             raise EmbrmError("--ensemble must be at least 1")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0 or self.member_group < 0:
-            raise EmbrmError("batch size, epochs and learning rate must be positive")
+        if (self.batch_size is not None and self.batch_size < 1) or self.max_epochs < 1 or self.lr <= 0 \
+                or self.member_group < 0 or self.patience < 1:
+            raise EmbrmError("batch size, epochs, patience and learning rate must be positive")
+        if self.weight_decay < 0:
+            raise EmbrmError("--weight-decay must not be negative")
+
+
+def batch_for(n_pairs: int, cfg: TrainConfig) -> int:
+    """The minibatch size: as given, else ``n_pairs / 16`` clipped to [16, 1024].
+
+    Why: with a fixed batch of 1024, a training set of a few hundred pairs was one Adam
+    step an epoch, and early stopping ended runs after 4-7 steps at a validation loss of
+    about ln 2 (barely trained). Sixteen steps an epoch keep small sets training.
+    """
+    if cfg.batch_size:
+        return cfg.batch_size
+    return int(min(MAX_BATCH, max(MIN_BATCH, n_pairs // MIN_STEPS_PER_EPOCH)))
 
 
 @dataclass
@@ -64,6 +88,8 @@ class TrainLog:
     best_epoch: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    batch_size: int = 0
+    steps: int = 0
 
 
 @dataclass
@@ -151,8 +177,14 @@ class _Validation:
             return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).numpy()
 
 
-def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig) -> RewardModel:
-    """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it."""
+def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
+          member_lr: np.ndarray | None = None, member_wd: np.ndarray | None = None) -> RewardModel:
+    """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it.
+
+    ``member_lr`` / ``member_wd`` give each member its own learning rate and weight decay
+    (a hyperparameter grid as one batched ensemble, see :mod:`embrm.rm.tune`); by default
+    every member uses ``cfg.lr`` and ``cfg.weight_decay``.
+    """
     cfg.validate()
     x = check_embeddings(x, "embeddings")
     if len(train_pairs) == 0 or len(val_pairs) == 0:
@@ -165,10 +197,17 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
     torch.manual_seed(cfg.seed)
     hidden = () if cfg.method == "linear" else cfg.hidden
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear")
-    # fused: one kernel per parameter tensor instead of a dozen elementwise passes, about 5x
-    # faster a step on CPU, and the same update
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay, fused=True)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if member_lr is None and member_wd is None:
+        # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
+        # about 5x faster a step on CPU, and the same update
+        opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    else:
+        lr = torch.as_tensor(member_lr if member_lr is not None else np.full(cfg.ensemble, cfg.lr))
+        wd = torch.as_tensor(member_wd if member_wd is not None else np.full(cfg.ensemble, cfg.weight_decay))
+        if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble:
+            raise EmbrmError(f"per-member learning rates and decays need one value per member ({cfg.ensemble})")
+        opt = MemberAdamW(params, lr, wd)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if _use_bf16(cfg.bf16):
         xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
@@ -177,12 +216,15 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
     group = cfg.member_group or None  # None: the net sizes its member groups to the cache
     validation = _Validation(xt, val_pairs, cfg.ensemble)
     m, n = cfg.ensemble, len(train_pairs)
+    batch = batch_for(n, cfg)
+    steps_per_epoch = -(-n // batch)
+    min_epochs = -(-MIN_STEPS // steps_per_epoch)
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
     best = net.state()
     best_loss = np.full(m, np.inf)
     best_epoch = [0] * m
     stale = np.zeros(m, int)
-    log = TrainLog()
+    log = TrainLog(batch_size=batch)
     t0 = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
         net.train()
@@ -190,12 +232,13 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
             order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens]))
         else:
             order = torch.from_numpy(np.stack([g.permutation(n) for g in gens]))
-        for s in range(0, n, cfg.batch_size):
-            idx = order[:, s:s + cfg.batch_size]
+        for s in range(0, n, batch):
+            idx = order[:, s:s + batch]
             loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, group)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members are independent: the sum's gradient is each one's
             opt.step()
+            log.steps += 1
         net.eval()
         vl = validation(net, cfg.method)
         state = net.state()
@@ -206,7 +249,7 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig)
             else:
                 stale[i] += 1
         log.epochs = epoch
-        if (stale >= cfg.patience).all():
+        if epoch >= min_epochs and (stale >= cfg.patience).all():
             break
     net.load_state(best)
     net.eval()
@@ -219,7 +262,8 @@ def _train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> Reward
     try:
         import lightgbm as lgb
     except ImportError:
-        raise EmbrmError("method lgbm needs LightGBM: `pip install 'embrm[lgbm]'` (or `pip install lightgbm`)") from None
+        raise EmbrmError("method lgbm needs LightGBM: `pip install 'embrm[lgbm]'` "
+                         "(or `pip install lightgbm`)") from None
 
     def items(p: Pairs) -> tuple[np.ndarray, np.ndarray]:
         idx = np.concatenate([p.a, p.b])

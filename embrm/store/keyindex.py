@@ -4,7 +4,8 @@ Placeholder implementation: a filtered scan in chunks of keys.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from embrm.store.store import Store, StoredVectors
 
 
-def read_rows(store: "Store", model_hash: str, keys: list[str], layers: Iterable[int] | None) -> "StoredVectors":
+def read_rows(store: Store, model_hash: str, keys: list[str], layers: Iterable[int] | None) -> StoredVectors:
     from embrm.store.store import StoredVectors
 
     info = store.vector_info(model_hash)

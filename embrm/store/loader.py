@@ -14,9 +14,10 @@ size, for scoring or evaluating entries larger than memory.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,7 @@ class Embeddings:
     vectors: np.ndarray
     kind: str
     layer: int
-    entry: "Entry"
+    entry: Entry
     prompt_id: np.ndarray
     response_index: np.ndarray
     role: np.ndarray
@@ -116,8 +117,8 @@ class EntryBatch:
     truncated: np.ndarray
 
 
-def _checked_entry(store: "Store", model: str, dataset: str, layer: int | None, allow_partial: bool
-                   ) -> tuple["Entry", int]:
+def _checked_entry(store: Store, model: str, dataset: str, layer: int | None, allow_partial: bool
+                   ) -> tuple[Entry, int]:
     e = store.resolve(model, dataset)
     if e.status != "complete" and not allow_partial:
         raise EmbrmError(
@@ -137,7 +138,7 @@ def _checked_entry(store: "Store", model: str, dataset: str, layer: int | None, 
 
 
 def load(
-    store: "Store",
+    store: Store,
     model: str,
     dataset: str,
     layer: int | None = None,
@@ -171,6 +172,12 @@ def load(
                 f"{e.model_name}; re-run the extraction"
             )
         rows = rows.filter(pa.array(m.present))
+    return embeddings_of(rows, m, e, layer)
+
+
+def embeddings_of(rows: pa.Table, m: Materialised, e: Entry, layer: int) -> Embeddings:
+    """Rows (in dataset order) and their vectors as :class:`Embeddings`; a pulled entry
+    (:mod:`embrm.serve.client`) is arranged by the same function as a local load."""
     return Embeddings(
         vectors=m.vectors,
         kind=e.kind,
@@ -191,7 +198,7 @@ def _f64(rows: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
     return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def read_vectors(vds: "lance.LanceDataset", e: "Entry", layer: int, row_keys: pa.ChunkedArray) -> Materialised:
+def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.ChunkedArray) -> Materialised:
     """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order."""
     from embrm.store.scan import scan_vectors
 
@@ -205,17 +212,19 @@ def read_vectors(vds: "lance.LanceDataset", e: "Entry", layer: int, row_keys: pa
     return Materialised(vectors, n_tokens, truncated, present)
 
 
-def iter_entry(store: "Store", model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
-               columns: list[str] | None = None, allow_partial: bool = False) -> Iterator[EntryBatch]:
+def iter_entry(store: Store, model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
+               columns: list[str] | None = None, allow_partial: bool = False, offset: int = 0,
+               limit: int | None = None) -> Iterator[EntryBatch]:
     """Stream an entry in dataset order: rows, their vectors and metadata, ``batch_size``
-    rows at a time. Memory is bounded by the batch size (plus the store's key index of
-    the model, ~40 bytes a stored vector), never by the entry's size.
+    rows at a time (rows ``offset`` to ``offset + limit`` of the dataset order). Memory is
+    bounded by the batch size (plus the store's key index of the model, ~40 bytes a
+    stored vector), never by the entry's size.
     """
     e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
     cols = columns if columns is not None else ROW_COLUMNS
     if "item_key" not in cols:
         cols = ["item_key", *cols]
-    for batch in store.iter_dataset_rows(e.dataset_hash, cols, batch_size):
+    for batch in store.iter_dataset_rows(e.dataset_hash, cols, batch_size, offset, limit):
         keys = batch.column("item_key").to_pylist()
         got = store.get_vectors(e.model_hash, keys, [layer])
         if not got.found.all():
@@ -229,7 +238,7 @@ def iter_entry(store: "Store", model: str, dataset: str, layer: int | None = Non
         yield EntryBatch(batch, got.vectors[layer], got.n_tokens, got.truncated)
 
 
-def cache_path_for(store: "Store", model: str, dataset: str, layer: int) -> Path:
+def cache_path_for(store: Store, model: str, dataset: str, layer: int) -> Path:
     """The materialisation file a load of this entry and layer would use now."""
     e = store.resolve(model, dataset)
     stem = store.cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))

@@ -11,7 +11,7 @@ each insert is planned on the table's latest version.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from embrm.store.tables import Tables, is_remote, local_path
 

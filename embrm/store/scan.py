@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 READ_BATCH = 65536
 
 
-def scan_vectors(ds: "lance.LanceDataset", column: str, dim: int, dtype: str, src: np.ndarray) -> np.ndarray:
+def scan_vectors(ds: lance.LanceDataset, column: str, dim: int, dtype: str, src: np.ndarray) -> np.ndarray:
     """Rows ``src`` (table row offsets, in the wanted order) of ``column`` as ``(len(src), dim)``."""
     np_dtype = np.float16 if dtype == "float16" else np.float32
     n = len(src)

@@ -33,6 +33,18 @@ def vector_table(model_hash: str) -> str:
     return f"vec_{model_hash[:NAME_CHARS]}"
 
 
+#: The readable name of the entry holding what ``embrm serve`` computed for ad-hoc requests.
+SERVED_NAME = "served"
+
+
+def served_dataset_hash(model_hash: str) -> str:
+    """The key of a model's ``served`` rows table: fixed per model, not a content hash,
+    because that table grows as the service answers requests."""
+    import hashlib
+
+    return hashlib.sha256(f"embrm-served:{model_hash}".encode()).hexdigest()
+
+
 def entry_id(model_hash: str, dataset_hash: str) -> str:
     """The catalog's key of a (model, dataset) entry."""
     return f"{model_hash}:{dataset_hash}"
@@ -88,6 +100,11 @@ ROW_SCHEMA = pa.schema(
 )
 
 
+#: The normalised rows a client uploads to the service: the row schema without what the
+#: server derives itself (position and item key).
+UPLOAD_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in ("position", "item_key")])
+
+
 def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
     value_type = pa.float16() if dtype == "float16" else pa.float32()
     fields = [
@@ -95,5 +112,5 @@ def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
         pa.field("n_tokens", pa.int32()),
         pa.field("truncated", pa.bool_()),
     ]
-    fields += [pa.field(layer_column(l), pa.list_(value_type, dim)) for l in layers]
+    fields += [pa.field(layer_column(layer), pa.list_(value_type, dim)) for layer in layers]
     return pa.schema(fields)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -86,7 +87,7 @@ class Entry:
         return S.entry_id(self.model_hash, self.dataset_hash)
 
     @classmethod
-    def from_row(cls, r: Mapping[str, Any]) -> "Entry":
+    def from_row(cls, r: Mapping[str, Any]) -> Entry:
         return cls(
             model_hash=r["model_hash"],
             model_name=r["model_name"],
@@ -106,6 +107,14 @@ class Entry:
             updated_at=r["updated_at"],
             embrm_version=r["embrm_version"],
         )
+
+    @classmethod
+    def from_summary(cls, d: Mapping[str, Any]) -> Entry:
+        """The inverse of :meth:`summary` (plus ``model_config``), as the service sends entries."""
+        return cls(d["model_hash"], d["model"], dict(d.get("model_config") or {}), d["dataset_hash"], d["dataset"],
+                   dict(d.get("source") or {}), d["kind"], int(d["n_rows"]), int(d["rows"]), int(d["dim"]),
+                   d["dtype"], tuple(d["layers"]), d["status"], int(d["truncated"]), d["created_at"],
+                   d["updated_at"], d["embrm_version"])
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable listing used by ``embrm store ls --json``."""
@@ -157,7 +166,7 @@ class Store:
         return self.tables.storage_options
 
     # ----------------------------------------------------------------- catalog
-    def _catalog(self) -> "lance.LanceDataset":
+    def _catalog(self) -> lance.LanceDataset:
         return self.tables.get(S.CATALOG_TABLE)
 
     def entries(self) -> list[Entry]:
@@ -228,15 +237,16 @@ class Store:
                 "the dataset changed while it was read: re-run the command"
             )
 
-    def _rows_table(self, dataset_hash: str) -> "lance.LanceDataset":
+    def _rows_table(self, dataset_hash: str) -> lance.LanceDataset:
         ds = self.tables.open(S.dataset_table(dataset_hash))
         if ds is None:
             raise EmbrmError(f"dataset {short(dataset_hash)} has no rows in {self.uri}")
         return ds
 
-    def iter_dataset_rows(self, dataset_hash: str, columns: list[str] | None = None,
-                          batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
-        """The dataset's rows in position (dataset) order, ``batch_size`` at a time.
+    def iter_dataset_rows(self, dataset_hash: str, columns: list[str] | None = None, batch_size: int = 4096,
+                          offset: int = 0, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The dataset's rows in position (dataset) order, ``batch_size`` at a time;
+        ``offset``/``limit`` select a range of that order (a resumed pull).
 
         Memory is bounded by the batch and one int64 per row (the positions, read once
         to check the stored order; rows written by one writer are already in order).
@@ -244,10 +254,13 @@ class Store:
         ds = self._rows_table(dataset_hash)
         cols = None if columns is None else list(dict.fromkeys(["position", *columns]))
         pos = ds.to_table(columns=["position"]).column("position").to_numpy()
-        if len(pos) < 2 or bool(np.all(pos[1:] > pos[:-1])):
-            yield from ds.to_batches(columns=cols, batch_size=batch_size)
+        end = len(pos) if limit is None else min(len(pos), offset + limit)
+        if offset >= end:
             return
-        order = np.argsort(pos, kind="stable")
+        if len(pos) < 2 or bool(np.all(pos[1:] > pos[:-1])):
+            yield from ds.to_batches(columns=cols, batch_size=batch_size, offset=offset, limit=end - offset)
+            return
+        order = np.argsort(pos, kind="stable")[offset:end]
         for s in range(0, len(order), batch_size):
             yield from ds.take(order[s:s + batch_size], columns=cols).to_batches()
 
@@ -262,7 +275,7 @@ class Store:
         return t
 
     # ----------------------------------------------------------------- vectors
-    def _vectors(self, model_hash: str) -> "lance.LanceDataset | None":
+    def _vectors(self, model_hash: str) -> lance.LanceDataset | None:
         return self.tables.open(S.vector_table(model_hash))
 
     def vector_info(self, model_hash: str) -> VectorInfo | None:
@@ -326,6 +339,42 @@ class Store:
         that does not fit the table is refused before anything is written."""
         data = build_vector_table(item_keys, vectors, n_tokens, truncated, dtype, expect=self.vector_info(model_hash))
         return self.commit_vectors(model_hash, data)
+
+    # ------------------------------------------------------------------- served
+    def record_served(self, model_hash: str, model_name: str, model_config: dict[str, Any], keys: list[str],
+                      prompts: list[str], responses: list[str]) -> Entry:
+        """Add items the service computed for ad-hoc requests to the model's ``served``
+        entry, so that ``gc`` keeps their vectors (they belong to no dataset) and
+        ``store ls``/``export``/``rm`` see them like any entry.
+
+        The served "dataset" is the one rows table that grows: its key is a hash of the
+        model's, rows are appended under its commit lock, once per item key.
+        """
+        dh = S.served_dataset_hash(model_hash)
+        name = S.dataset_table(dh)
+        self.tables.create(name, S.ROW_SCHEMA)
+        with commit_lock(self.tables, name):
+            ds = self.tables.get(name)
+            start = ds.count_rows()
+            pos = np.arange(start, start + len(keys), dtype=np.int64)
+            data = pa.table({"position": pos, "item_key": pa.array(keys, pa.string()), "prompt_id": pos,
+                             "response_index": pa.array(np.zeros(len(keys), np.int32)),
+                             "role": pa.array([""] * len(keys)), "label": pa.nulls(len(keys), pa.float64()),
+                             "reward": pa.nulls(len(keys), pa.float64()),
+                             "prompt": pa.array(prompts, pa.large_string()),
+                             "response": pa.array(responses, pa.large_string())}, schema=S.ROW_SCHEMA)
+            retry(lambda: ds.merge_insert("item_key").when_not_matched_insert_all().execute(data))
+            n = self.tables.get(name).count_rows()
+        self.begin_entry(model_hash, model_name, model_config, dh, S.SERVED_NAME, {"source": "embrm serve"},
+                         "pointwise", n)
+        info = self.vector_info(model_hash)
+        with commit_lock(self.tables, S.CATALOG_TABLE):
+            row = dict(self._entry_row(model_hash, dh) or {})
+            row.update(n_rows=n, rows=n, status="complete", updated_at=_now())
+            if info is not None:
+                row.update(dim=info.dim, dtype=info.dtype, layers=json.dumps(list(info.layers)))
+            self._put_entry(row)
+        return Entry.from_row(row)
 
     # ------------------------------------------------------------------ entries
     def table_versions(self, e: Entry) -> tuple[int, int]:
@@ -458,14 +507,14 @@ class Store:
         return keep
 
     # -------------------------------------------------------------------- read
-    def load(self, model: str, dataset: str, layer: int | None = None, **kw: Any) -> "Embeddings":
+    def load(self, model: str, dataset: str, layer: int | None = None, **kw: Any) -> Embeddings:
         """One entry's vectors and rows in dataset order (see :func:`embrm.store.loader.load`)."""
         from embrm.store.loader import load
 
         return load(self, model, dataset, layer=layer, **kw)
 
     def iter_entry(self, model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
-                   **kw: Any) -> Iterator["EntryBatch"]:
+                   **kw: Any) -> Iterator[EntryBatch]:
         """An entry in dataset order, ``batch_size`` rows at a time (see
         :func:`embrm.store.loader.iter_entry`)."""
         from embrm.store.loader import iter_entry

@@ -17,8 +17,9 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -73,7 +74,7 @@ class Tables:
             return (local_path(self.path(name)) / "_versions").is_dir()
         return self.open(name) is not None
 
-    def open(self, name: str, version: int | None = None) -> "lance.LanceDataset | None":
+    def open(self, name: str, version: int | None = None) -> lance.LanceDataset | None:
         """The table at its latest (or given) version, or None if it does not exist."""
         import lance
 
@@ -86,13 +87,13 @@ class Tables:
                 return None
             raise
 
-    def get(self, name: str, version: int | None = None) -> "lance.LanceDataset":
+    def get(self, name: str, version: int | None = None) -> lance.LanceDataset:
         ds = self.open(name, version)
         if ds is None:
             raise EmbrmError(f"table {name} is missing from the store at {self.uri}")
         return ds
 
-    def create(self, name: str, schema: pa.Schema, data: pa.Table | None = None) -> "lance.LanceDataset":
+    def create(self, name: str, schema: pa.Schema, data: pa.Table | None = None) -> lance.LanceDataset:
         """Create a table (empty, or with ``data``); if another writer created it first, open it."""
         import lance
 

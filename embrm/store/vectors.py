@@ -6,8 +6,8 @@ service's commits and the Ray workers' fragments, so validation is the same for 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ class VectorInfo:
     layers: tuple[int, ...]
 
     @classmethod
-    def of_schema(cls, sch: pa.Schema) -> "VectorInfo":
+    def of_schema(cls, sch: pa.Schema) -> VectorInfo:
         layers = tuple(S.column_layer(f.name) for f in sch if f.name.startswith("layer_"))
         if not layers:
             raise EmbrmError("a vector table needs at least one layer column")

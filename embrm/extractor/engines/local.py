@@ -10,8 +10,9 @@ as one store write. A crash loses at most one window; a re-run plans again and c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +43,7 @@ class LoopCounts:
         return self.tokens / self.compute_seconds if self.compute_seconds else 0.0
 
 
-def run_local(plan: "ExtractionPlan", store: "Store", embed: EmbedFn, window: int = 1024,
+def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 1024,
               on_window: Callable[[int], None] | None = None, progress: Any = None,
               should_stop: Callable[[], bool] | None = None) -> LoopCounts:
     """Compute every missing item of a registered plan; returns the counts.

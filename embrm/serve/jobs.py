@@ -1,0 +1,146 @@
+"""Dataset jobs: ``POST /v1/entries`` extracts an uploaded dataset in the background.
+
+A job is the same plan and loop as ``embrm extract`` (:mod:`embrm.extractor.plan`,
+:func:`~embrm.extractor.engines.local.run_local`): windows of the rows table, missing
+items embedded, one commit per window, resumable by asking again. Its only difference
+is the ``embed`` callable: items go through the service's model thread at job priority,
+so they share the model, single flight and batching with online requests, which go first.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embrm.errors import EmbrmError
+from embrm.extractor.embedder import Embedded
+from embrm.extractor.plan import DatasetScan, ExtractionPlan
+from embrm.serve.worker import JOB
+from embrm.store import item_key
+from embrm.store import schema as S
+
+if TYPE_CHECKING:
+    from embrm.extractor.embedder import Embedder
+    from embrm.serve.cache import ServiceCache
+    from embrm.serve.metrics import Metrics
+    from embrm.serve.worker import ModelWorker
+    from embrm.store.store import Store
+
+log = logging.getLogger("embrm.serve")
+
+
+@dataclass
+class Job:
+    """A dataset job's state, as ``GET /v1/entries/{model}/{dataset}`` reports it."""
+
+    model_hash: str
+    dataset_hash: str
+    dataset_name: str
+    rows: int
+    status: str = "running"  # running | complete | partial | failed | stopped
+    done_rows: int = 0
+    computed: int = 0
+    cached: int = 0
+    duplicates: int = 0
+    tokens: int = 0
+    compute_seconds: float = 0.0
+    error: str | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    seconds: float = 0.0
+
+    def update(self, n: int) -> None:  # the loop's progress bar
+        self.done_rows += n
+
+    def set_postfix(self, **_: Any) -> None:
+        pass
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["tokens_per_second"] = self.tokens / self.compute_seconds if self.compute_seconds else None
+        return d
+
+
+class Jobs:
+    """Runs and remembers the dataset jobs of one service process."""
+
+    def __init__(self, store: Store, embedder: Embedder, worker: ModelWorker, cache: ServiceCache,
+                 metrics: Metrics, window: int = 1024):
+        self.store, self.embedder, self.worker, self.cache, self.metrics = store, embedder, worker, cache, metrics
+        self.window = window
+        self._jobs: dict[str, Job] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def get(self, model_hash: str, dataset_hash: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(S.entry_id(model_hash, dataset_hash))
+
+    def start(self, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> Job:
+        """Start (or return the running) job of a dataset whose rows are in the store."""
+        if kind not in S.KINDS:
+            raise EmbrmError(f"kind {kind!r} is unknown; use one of {', '.join(S.KINDS)}")
+        if not self.store.has_dataset(dataset_hash):
+            raise EmbrmError(f"dataset {dataset_hash[:12]} has no rows here; upload it with PUT /v1/datasets first")
+        eid = S.entry_id(self.embedder.model_hash, dataset_hash)
+        with self._lock:
+            job = self._jobs.get(eid)
+            if job is not None and job.status == "running":
+                return job
+            keys = self.store.dataset_rows(dataset_hash, ["item_key"]).column("item_key")
+            job = Job(self.embedder.model_hash, dataset_hash, name, len(keys))
+            scan = DatasetScan(name, source, kind, dataset_hash, len(keys), 0, keys, lambda: iter(()))
+            plan = ExtractionPlan(scan, self.embedder.model_hash, self.embedder.model_name,
+                                  self.embedder.catalog_config(), self.store.missing_keys(job.model_hash, keys))
+            plan.register(self.store)  # the entry exists (partial) before this call returns
+            self._jobs[eid] = job
+            t = threading.Thread(target=self._run, args=(job, plan), name=f"embrm-job-{dataset_hash[:8]}",
+                                 daemon=True)
+            self._threads[eid] = t
+        t.start()
+        return job
+
+    def _embed(self, prompts: list[str], responses: list[str]) -> Embedded:
+        keys = [item_key(p, r) for p, r in zip(prompts, responses)]
+        futures = self.worker.submit(list(zip(keys, prompts, responses)), JOB, known=self.cache.memory)
+        results = [f.result() for f in futures]
+        layers = list(results[0].vectors)
+        n_tok = np.array([r.n_tokens for r in results])
+        return Embedded({layer: np.stack([r.vectors[layer] for r in results]) for layer in layers}, n_tok,
+                        np.array([r.truncated for r in results]),
+                        int(np.minimum(n_tok, self.embedder.spec.max_length).sum()))
+
+    def _run(self, job: Job, plan: ExtractionPlan) -> None:
+        from embrm.extractor.engines.local import run_local
+
+        t0 = time.perf_counter()
+        eid = S.entry_id(job.model_hash, job.dataset_hash)
+        try:
+            self.metrics.job_total.labels(eid[:40]).set(job.rows)
+
+            def window_done(n: int) -> None:
+                self.metrics.job_rows.labels(eid[:40]).set(job.done_rows)
+
+            counts = run_local(plan, self.store, self._embed, self.window, on_window=window_done, progress=job,
+                               should_stop=self._stop.is_set)
+            job.computed, job.cached, job.duplicates = counts.computed, counts.cached, counts.duplicates
+            job.tokens, job.compute_seconds = counts.tokens, counts.compute_seconds
+            entry = self.store.finish_entry(job.model_hash, job.dataset_hash)
+            job.status = "stopped" if self._stop.is_set() and entry.status != "complete" else entry.status
+        except Exception as e:
+            log.exception("dataset job %s failed", job.dataset_hash[:12])
+            job.status, job.error = "failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        finally:
+            job.seconds = time.perf_counter() - t0
+            self.metrics.job_rows.labels(eid[:40]).set(job.done_rows)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop every job after its current window (the next start resumes it)."""
+        self._stop.set()
+        for t in list(self._threads.values()):
+            t.join(timeout)
