@@ -57,6 +57,7 @@ def serve_cmd(**kw: Any) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((kw["host"], kw["port"]))
+        sock.listen(2048)  # connections queue from now on, before the line below tells anyone the URL
     except OSError as e:
         raise EmbrmError(f"cannot listen on {kw['host']}:{kw['port']} ({e.strerror}); pick another --port") from None
     host, port = sock.getsockname()[:2]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embrm.serve")
 PUBLIC = {"/health"}
+DRAIN_BYTES = 256 << 20  # an oversized body is read (and dropped) up to this much before the 413
 
 
 class Guard:
@@ -59,6 +60,7 @@ class Guard:
         limit = limits.max_upload_bytes if scope["path"] == "/v1/datasets" else limits.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _drain(receive, DRAIN_BYTES)  # a client that sends before it reads then sees the answer
             await _reply(send, 413, f"the body is over {limit} bytes; send less per request", "request_too_large",
                          "body_too_large")
             return
@@ -71,6 +73,7 @@ class Guard:
                 chunks.append(msg.get("body", b""))
                 size += len(chunks[-1])
                 if size > limit:
+                    await _drain(receive, DRAIN_BYTES - size)
                     await _reply(send, 413, f"the body is over {limit} bytes; send less per request",
                                  "request_too_large", "body_too_large")
                     return
@@ -89,6 +92,18 @@ class Guard:
             await self.app(scope, replay, send)
             return
         await self.app(scope, receive, send)
+
+
+async def _drain(receive: Any, most: int) -> None:
+    """Read and drop the rest of a refused body, up to ``most`` bytes."""
+    seen = 0
+    while seen < most:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        seen += len(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return
 
 
 async def _reply(send: Any, status: int, message: str, type_: str, code: str,
