@@ -128,7 +128,8 @@ def test_served_vectors_equal_offline_extraction_and_are_cached_after(server, tm
     status, body, headers = _http("POST", server.url + "/v1/embed", json.dumps({"items": items}).encode(),
                                   {"Content-Type": "application/json", "Accept": "application/vnd.apache.arrow.stream"})
     t = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    assert t.schema.names[:4] == ["item_key", "n_tokens", "truncated", "layer_m1"] and t["cached"].to_pylist() == [True] * 2
+    assert t.schema.names[:4] == ["item_key", "n_tokens", "truncated", "layer_m1"]
+    assert t["cached"].to_pylist() == [True] * 2
     np.testing.assert_allclose(np.stack(t["layer_m1"].to_numpy(zero_copy_only=False)), want2, atol=2e-5)
 
 

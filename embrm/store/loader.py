@@ -144,14 +144,20 @@ def load(
     layer: int | None = None,
     mmap: bool = False,
     allow_partial: bool = False,
-    use_cache: bool = True,
+    use_cache: bool | None = None,
 ) -> Embeddings:
     """Load one entry's vectors and rows in dataset order.
 
     ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
     has not finished) is refused unless ``allow_partial``, which returns the rows that
-    have vectors. ``use_cache=False`` neither reads nor writes the local materialisation.
+    have vectors. ``use_cache`` decides the local materialisation (:mod:`embrm.store.cache`):
+    by default local stores use it and object stores do not (no full local copy of a
+    remote entry unless asked for with ``use_cache=True``).
     """
+    from embrm.store.tables import is_remote
+
+    if use_cache is None:
+        use_cache = not is_remote(store.uri)
     e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
     rows = store.dataset_rows(e.dataset_hash, ROW_COLUMNS)
     vds = store.tables.get(S.vector_table(e.model_hash))  # one version for keys, vectors and the cache name

@@ -62,9 +62,20 @@ def column_layer(name: str) -> int:
 
 META_SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
 
+# Lance's own guard against concurrent writers: ``merge_insert`` on a column marked as an
+# (unenforced) primary key records the keys it inserts, so two writers inserting the same
+# key conflict and the loser re-runs its merge. Without it, two processes that merge the
+# same new keys at once were seen to insert them twice, on local disks and on S3 alike.
+PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}
+
+
+def key_field(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False, metadata=PRIMARY_KEY)
+
+
 CATALOG_SCHEMA = pa.schema(
     [
-        ("entry_id", pa.string()),
+        key_field("entry_id", pa.string()),
         ("model_hash", pa.string()),
         ("model_name", pa.string()),
         ("model_config", pa.string()),
@@ -87,7 +98,7 @@ CATALOG_SCHEMA = pa.schema(
 
 ROW_SCHEMA = pa.schema(
     [
-        ("position", pa.int64()),
+        key_field("position", pa.int64()),
         ("item_key", pa.string()),
         ("prompt_id", pa.int64()),
         ("response_index", pa.int32()),
@@ -104,11 +115,15 @@ ROW_SCHEMA = pa.schema(
 #: server derives itself (position and item key).
 UPLOAD_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in ("position", "item_key")])
 
+#: The ``served`` rows table grows by item key, so that is its primary key.
+SERVED_ROW_SCHEMA = pa.schema([pa.field("position", pa.int64(), nullable=False), key_field("item_key", pa.string()),
+                               *[f for f in ROW_SCHEMA if f.name not in ("position", "item_key")]])
+
 
 def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
     value_type = pa.float16() if dtype == "float16" else pa.float32()
     fields = [
-        pa.field("item_key", pa.string()),
+        key_field("item_key", pa.string()),
         pa.field("n_tokens", pa.int32()),
         pa.field("truncated", pa.bool_()),
     ]

@@ -184,9 +184,7 @@ class Store:
         return Entry.from_row(row) if row else None
 
     def _put_entry(self, row: dict[str, Any]) -> None:
-        tbl = pa.Table.from_pylist([row], schema=S.CATALOG_SCHEMA)
-        retry(lambda: self._catalog().merge_insert("entry_id").when_matched_update_all()
-              .when_not_matched_insert_all().execute(tbl))
+        _merge(self._catalog(), "entry_id", pa.Table.from_pylist([row], schema=S.CATALOG_SCHEMA), update=True)
 
     def resolve(self, model: str, dataset: str) -> Entry:
         """Find one entry by readable name, full hash or unique hash prefix of each key."""
@@ -228,8 +226,7 @@ class Store:
         self.tables.create(name, S.ROW_SCHEMA)
         for data in _row_chunks(rows, ROW_CHUNK):
             with commit_lock(self.tables, name):
-                ds = self.tables.get(name)  # the latest version, under the lock
-                retry(lambda: ds.merge_insert("position").when_not_matched_insert_all().execute(data))
+                _merge(self.tables.get(name), "position", data)  # the latest version, under the lock
         got = self.tables.get(name).count_rows()
         if got != n_rows:
             raise EmbrmError(
@@ -329,8 +326,7 @@ class Store:
         if have is not None and have.layers != info.layers:
             data = data.select(have.schema().names)
         with commit_lock(self.tables, name):
-            ds = self.tables.get(name)  # the latest version, under the lock
-            res = retry(lambda: ds.merge_insert("item_key").when_not_matched_insert_all().execute(data))
+            res = _merge(self.tables.get(name), "item_key", data)  # the latest version, under the lock
         return int(res.get("num_inserted_rows", 0)) if isinstance(res, dict) else len(data)
 
     def write_vectors(self, model_hash: str, item_keys: list[str], vectors: Mapping[int, np.ndarray],
@@ -352,7 +348,7 @@ class Store:
         """
         dh = S.served_dataset_hash(model_hash)
         name = S.dataset_table(dh)
-        self.tables.create(name, S.ROW_SCHEMA)
+        self.tables.create(name, S.SERVED_ROW_SCHEMA)
         with commit_lock(self.tables, name):
             ds = self.tables.get(name)
             start = ds.count_rows()
@@ -362,8 +358,8 @@ class Store:
                              "role": pa.array([""] * len(keys)), "label": pa.nulls(len(keys), pa.float64()),
                              "reward": pa.nulls(len(keys), pa.float64()),
                              "prompt": pa.array(prompts, pa.large_string()),
-                             "response": pa.array(responses, pa.large_string())}, schema=S.ROW_SCHEMA)
-            retry(lambda: ds.merge_insert("item_key").when_not_matched_insert_all().execute(data))
+                             "response": pa.array(responses, pa.large_string())})
+            _merge(ds, "item_key", data)
             n = self.tables.get(name).count_rows()
         self.begin_entry(model_hash, model_name, model_config, dh, S.SERVED_NAME, {"source": "embrm serve"},
                          "pointwise", n)
@@ -520,6 +516,21 @@ class Store:
         from embrm.store.loader import iter_entry
 
         return iter_entry(self, model, dataset, layer=layer, batch_size=batch_size, **kw)
+
+
+def _merge(ds: lance.LanceDataset, on: str, data: pa.Table, update: bool = False) -> Any:
+    """``merge_insert`` of ``data`` on key ``on``: insert new keys (and with ``update``,
+    replace existing ones). Batches take the table's own schema, whose key field carries
+    Lance's primary-key marker where the table was created by this embrm."""
+    data = data.cast(ds.schema)
+
+    def run() -> Any:
+        b = ds.merge_insert(on)
+        if update:
+            b = b.when_matched_update_all()
+        return b.when_not_matched_insert_all().execute(data)
+
+    return retry(run)
 
 
 def _row_chunks(rows: Iterable[dict[str, Any]] | Iterable[pa.RecordBatch], n: int) -> Iterator[pa.Table]:

@@ -82,7 +82,8 @@ class Tables:
             return None
         try:
             return lance.dataset(self.path(name), version=version, storage_options=self.storage_options or None)
-        except ValueError as e:  # lance: "Dataset at path ... was not found"
+        except (ValueError, OSError) as e:  # lance: "Dataset at path ... was not found"
+            self._explain(e)
             if "not found" in str(e).lower():
                 return None
             raise
@@ -101,7 +102,8 @@ class Tables:
             return lance.write_dataset(data if data is not None else schema.empty_table(), self.path(name),
                                        schema=schema, mode="create",
                                        storage_options=self.storage_options or None)
-        except OSError as e:
+        except (OSError, ValueError) as e:
+            self._explain(e)
             if "already exists" not in str(e).lower():
                 raise
         return self.get(name)
@@ -116,10 +118,23 @@ class Tables:
                     if p.name.endswith(self.SUFFIX) and (p / "_versions").is_dir()}
         import pyarrow.fs as pafs
 
-        fs, base = pafs.FileSystem.from_uri(self.uri) if not self.storage_options else _remote_fs(self)
-        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        fs, base = _remote_fs(self)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except OSError as e:
+            self._explain(e)
+            raise
         return {i.base_name[: -len(self.SUFFIX)] for i in infos
                 if i.type == pafs.FileType.Directory and i.base_name.endswith(self.SUFFIX)}
+
+    def _explain(self, e: BaseException) -> None:
+        """Raise a one-line error for an object store's failure (bucket, credentials, network)."""
+        if is_remote(self.uri):
+            from embrm.store.remote import explain
+
+            err = explain(e, self.uri)
+            if err is not None:
+                raise err from None
 
     def drop(self, name: str) -> None:
         if not is_remote(self.uri):
