@@ -79,7 +79,8 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
 
     # train on it: pointwise rows with a reward a linear probe can learn
     rng = np.random.default_rng(0)
-    rewarded = [{"prompt": f"q{i // 4}", "response": f"r{i}", "reward": float(rng.standard_normal())} for i in range(80)]
+    rewarded = [{"prompt": f"q{i // 4}", "response": f"r{i}", "reward": float(rng.standard_normal())}
+                for i in range(80)]
     data2 = tmp_path / "rw.jsonl"
     data2.write_text("".join(json.dumps(r_) + "\n" for r_ in rewarded))
     res = r.invoke(cli, ["extract", "--dataset", str(data2), "--model", str(tiny_model), "--dtype", "float32",
