@@ -103,7 +103,8 @@ def test_vectors_are_shared_across_datasets(store_path):
     assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 8
 
 
-def test_load_cache_follows_table_version(store_path):
+def test_load_cache_follows_table_version(store_path, monkeypatch):
+    monkeypatch.setenv("EMBRM_CACHE_SIZE", "1G")
     store = open_store(store_path, create=True)
     rows = _rows(["p0", "p1"], 2)
     keys = [r["item_key"] for r in rows]
@@ -184,7 +185,8 @@ def test_opening_something_that_is_not_a_store(tmp_path):
         open_store(tmp_path / "lance", create=True)
 
 
-def test_export_rm_gc(store_path, tmp_path):
+def test_export_rm_gc(store_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBRM_CACHE_SIZE", "1G")  # gc also clears the load cache's stale files
     store = open_store(store_path, create=True)
     a = _rows(["p0", "p1"], 2)
     b = _rows(["p1", "p9"], 2)
@@ -322,3 +324,79 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: no embrm store")
+
+
+@pytest.mark.parametrize("dim,dtype", [(576, "float32"), (64, "float16"), (8, "float32")])
+def test_direct_reads_equal_lance_reads_and_fall_back_when_the_layout_is_not_plain(store_path, dim, dtype):
+    """Cold loads and point reads read pages directly where the layout is plain; whatever
+    path is taken, the vectors equal Lance's own decoding of the same table."""
+    import lance
+
+    from embrm.store.scan import column_pages, read_column_rows, read_via_lance
+
+    store = open_store(store_path, create=True)
+    rng = np.random.default_rng(0)
+    keys = [item_key("p", str(i)) for i in range(3000)]
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    x = rng.standard_normal((3000, dim)).astype(np_dtype)
+    for s in range(0, 3000, 700):  # several fragments
+        store.write_vectors("m" * 64, keys[s:s + 700], {-1: x[s:s + 700]}, np.ones(len(keys[s:s + 700])),
+                            np.zeros(len(keys[s:s + 700]), bool), dtype=dtype)
+    ds = store.tables.get(S.vector_table("m" * 64))
+    stored = ds.to_table(columns=["item_key"]).column(0).to_pylist()
+    want = x[[keys.index(k) for k in stored]]  # table order
+    rows = rng.integers(0, 3000, 500)
+    ref = read_via_lance(ds, "layer_m1", dim, np_dtype, rows)
+    np.testing.assert_array_equal(ref, want[rows])
+    np.testing.assert_array_equal(read_column_rows(ds, "layer_m1", dim, dtype, rows), want[rows])
+    np.testing.assert_array_equal(read_column_rows(ds, "layer_m1", dim, dtype, np.arange(3000)), want)
+    plain = column_pages(ds, "layer_m1", dim, np.dtype(np_dtype).itemsize)
+    if dim == 576:  # a model-sized fixed-size list is stored flat: the direct path is taken
+        assert plain is not None and plain.rows == 3000
+    got = store.get_vectors("m" * 64, [keys[5], "0" * 32, keys[2999]])
+    assert list(got.found) == [True, False, True]
+    np.testing.assert_array_equal(got.vectors[-1][[0, 2]], x[[5, 2999]])
+    lance.dataset(ds.uri).delete(f"item_key = '{keys[7]}'")  # a deletion file: the direct path steps aside
+    ds = store.tables.get(S.vector_table("m" * 64))
+    assert column_pages(ds, "layer_m1", dim, np.dtype(np_dtype).itemsize) is None
+    got = store.get_vectors("m" * 64, [keys[7], keys[8], keys[2000]])
+    assert list(got.found) == [False, True, True]
+    np.testing.assert_array_equal(got.vectors[-1][[1, 2]], x[[8, 2000]])
+
+
+def test_point_read_index_follows_appends_and_rebuilds_after_compaction(store_path):
+    store = open_store(store_path, create=True)
+    keys = [item_key("q", str(i)) for i in range(60)]
+    vec = {k: np.full(4, i, np.float32) for i, k in enumerate(keys)}
+    for s in range(0, 60, 6):
+        store.write_vectors("m" * 64, keys[s:s + 6], {-1: np.stack([vec[k] for k in keys[s:s + 6]])}, np.ones(6),
+                            np.zeros(6, bool))
+        got = store.get_vectors("m" * 64, keys[: s + 6])  # after every commit, incrementally
+        assert got.found.all() and np.array_equal(got.vectors[-1][:, 0], np.arange(s + 6))
+    index, _ = store.key_index("m" * 64)
+    assert sum(len(seg.keys) for seg in index.segments) == 60
+    store.compact(S.vector_table("m" * 64), min_fragments=1)
+    got = store.get_vectors("m" * 64, keys[::-1])
+    assert got.found.all() and np.array_equal(got.vectors[-1][:, 0], np.arange(60)[::-1])
+    assert len(index.segments) == 1
+
+
+def test_load_cache_is_opt_in_bounded_and_evicts_the_least_recently_used(tmp_path, monkeypatch):
+    from embrm.store.cache import LoadCache, Materialised
+
+    def m(n):
+        return Materialised(np.zeros((n, 256), np.float32), np.zeros(n), np.zeros(n, bool), np.ones(n, bool))
+
+    assert not LoadCache("x").enabled  # off unless EMBRM_CACHE_SIZE says otherwise
+    monkeypatch.setenv("EMBRM_CACHE_SIZE", "3M")
+    c = LoadCache("store-a", tmp_path)
+    assert c.enabled and c.limit == 3 << 20
+    for i in range(3):  # 1 MB each
+        assert c.put(f"e{i}", (1, 1), m(1024)) is not None
+        os.utime(c.paths(f"e{i}", (1, 1))[0], (1000 + i, 1000 + i))
+    assert c.get("e0", (1, 1)) is not None  # e0 is now the most recently used
+    c.put("e3", (1, 1), m(1024))
+    names = sorted(p.name.split("_v")[0] for p in c.dir.glob("*.npy"))
+    assert names == ["e0", "e2", "e3"]  # e1 went first
+    assert c.put("huge", (1, 1), m(4096)) is None  # larger than the whole bound: not cached
+    assert c.put("mapped", (1, 1), m(4096), force=True) is not None  # a memory map needs its file

@@ -32,6 +32,7 @@ MODEL_OPTIONS = [
 ]
 
 
+RAY_PARAMS = ("address", "num_workers", "gpus_per_worker", "cpus_per_worker", "commit_rows", "commit_seconds")
 MODEL_PARAMS = {"model", "revision", "input_format", "pooling", "layers", "dtype", "device", "max_length",
                 "truncation_side", "batch_tokens", "trust_remote_code"}
 
@@ -75,6 +76,18 @@ def embedding_spec(kw: dict[str, Any]) -> Any:
 @click.option("--quiet", is_flag=True, help="No progress bars, ours or the libraries'.")
 @click.option("--server", default=None, metavar="URL",
               help="Extract on an `embrm serve` service (its model, its store) instead of here.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the forward passes in this process, or on Ray Data actors.")
+@click.option("--address", default=None, help="[ray] Ray cluster to join ('auto': the running one); "
+              "default: start a local Ray.")
+@click.option("--num-workers", type=click.IntRange(min=1), default=1, show_default=True, help="[ray] Actors.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True, help="[ray]")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="[ray] Fractional keeps a CPU free for Ray Data's own tasks.")
+@click.option("--commit-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="[ray] The driver commits workers' fragments every this many rows...")
+@click.option("--commit-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="[ray] ...or this many seconds (a crash loses at most one interval).")
 @store_option
 def extract_cmd(**kw: Any) -> None:
     """Embed every (prompt, response) of a dataset into the store, once."""
@@ -86,6 +99,16 @@ def extract_cmd(**kw: Any) -> None:
     from embrm.extractor.extraction import ExtractConfig, RunOptions
 
     server = kw.pop("server")
+    ctx = click.get_current_context()
+    engine = kw.pop("engine")
+    ray_kw = {k: kw.pop(k) for k in RAY_PARAMS}
+    if engine != "ray":
+        given = [o.opts[0] for o in ctx.command.params
+                 if o.name in RAY_PARAMS and ctx.get_parameter_source(o.name).name != "DEFAULT"]
+        if given:
+            from embrm.errors import EmbrmError
+
+            raise EmbrmError(f"{', '.join(given)} only apply with --engine ray")
     if server:
         given = [o.opts[0] for o in click.get_current_context().command.params
                  if o.name in MODEL_PARAMS and click.get_current_context().get_parameter_source(o.name).name
@@ -109,6 +132,10 @@ def extract_cmd(**kw: Any) -> None:
         from embrm.serve.client import extract_remote
 
         res = extract_remote(server, cfg)
+    elif engine == "ray":
+        from embrm.extractor.engines.ray import RayOptions, extract_ray
+
+        res = extract_ray(cfg, RayOptions(**ray_kw))
     else:
         from embrm.extractor.extraction import extract
 

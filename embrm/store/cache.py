@@ -5,12 +5,15 @@ tables' versions; the next load of the same versions is one ``np.load`` (optiona
 memory-mapped). Any write bumps a version, so a stale file is never read, and the
 LanceDB tables stay the source of truth.
 
-The copy costs disk, so the cache is local, bounded and optional:
+The copy costs disk, and a cold load of a local store already reads at ``np.load``
+speed (:mod:`embrm.store.scan`), so the cache is opt-in, local and bounded:
 
+* ``$EMBRM_CACHE_SIZE`` turns it on and bounds all of it (e.g. ``4G``; default ``0``,
+  off); the least recently used files go first when a new one would exceed the bound;
 * it lives in ``$EMBRM_CACHE`` (default ``~/.cache/embrm``), one folder per store URI,
   never inside the store (an object store gets no local files in it);
-* ``$EMBRM_CACHE_SIZE`` bounds all of it (default 4G; ``0`` turns it off); the least
-  recently used files go first when a new one would exceed the bound.
+* ``load(..., mmap=True)`` writes the file it maps even when the cache is off: a memory
+  map needs one.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_SIZE = 4 << 30
+DEFAULT_SIZE = 0
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -82,7 +85,7 @@ class LoadCache:
         return base.with_name(base.name + ".npy"), base.with_name(base.name + ".meta.npz")
 
     def get(self, stem: str, versions: tuple[int, int], mmap: bool = False) -> Materialised | None:
-        if not self.enabled:
+        if not (self.enabled or mmap):
             return None
         vec, meta = self.paths(stem, versions)
         if not (vec.exists() and meta.exists()):
@@ -96,17 +99,18 @@ class LoadCache:
             return None
         return out
 
-    def put(self, stem: str, versions: tuple[int, int], m: Materialised) -> Path | None:
-        """Save atomically; a failure to cache never fails a load. Returns the .npy path."""
+    def put(self, stem: str, versions: tuple[int, int], m: Materialised, force: bool = False) -> Path | None:
+        """Save atomically; a failure to cache never fails a load. Returns the .npy path.
+        ``force`` writes it even when the cache is off or too small (a memory map needs a file)."""
         size = m.vectors.nbytes
-        if not self.enabled or size > self.limit:
+        if not force and (not self.enabled or size > self.limit):
             return None
         vec, meta = self.paths(stem, versions)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             for old in self.dir.glob(f"{stem}_v*"):  # older versions of the same entry
                 old.unlink(missing_ok=True)
-            self._evict(self.limit - size)
+            self._evict(max(0, self.limit - size))
             for path, write in ((meta, lambda f: np.savez(f, n_tokens=m.n_tokens, truncated=m.truncated,
                                                           present=m.present)),
                                 (vec, lambda f: np.save(f, m.vectors))):

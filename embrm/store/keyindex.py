@@ -1,58 +1,141 @@
-"""Point reads of vectors by item key.
+"""Point reads: the vectors of a few item keys without scanning the vector table.
 
-Placeholder implementation: a filtered scan in chunks of keys.
+A :class:`KeyIndex` maps item key -> row offset of one vector table: the keys as a sorted
+fixed-width byte array searched with ``np.searchsorted`` (40 bytes a row with the token
+facts, about half a second to build for a million rows). It follows the table's versions:
+when a new version only appended fragments (every commit does), only their keys are read
+and added as a sorted segment; anything else (compaction, deletion) rebuilds it. The
+rows are then read by :func:`embrm.store.scan.read_column_rows`.
+
+A scalar BTREE index in Lance was measured slower than this for more than about ten keys
+per query (1,000 keys: 335 ms against 65 ms for a filtered scan, and both far behind a
+sorted key array).
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
+from embrm.store.scan import read_column_rows
 
 if TYPE_CHECKING:
+    import lance
+
     from embrm.store.store import Store, StoredVectors
+
+MAX_SEGMENTS = 8
+
+
+def _key_bytes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Item keys as a fixed-width byte array (zero-copy where every key has 32 bytes)."""
+    arr = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    arr = arr.cast(pa.string())
+    if len(arr) == 0:
+        return np.zeros(0, "S32")
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, len(arr) + 1, arr.offset * 4)
+    if arr.null_count == 0 and np.all(np.diff(offsets) == 32):
+        return np.frombuffer(arr.buffers()[2], "S32", len(arr), offsets[0]).copy()
+    return np.array([k.encode() for k in arr.to_pylist()], dtype="S64")
+
+
+class _Segment:
+    def __init__(self, keys: np.ndarray, rows: np.ndarray, n_tokens: np.ndarray, truncated: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.rows = keys[order], rows[order]
+        self.n_tokens, self.truncated = n_tokens[order], truncated[order]
+
+    def find(self, q: np.ndarray) -> np.ndarray:
+        """Index into this segment of each key, -1 where absent."""
+        if len(self.keys) == 0:
+            return np.full(len(q), -1)
+        j = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return np.where(self.keys[j] == q, j, -1)
+
+
+class KeyIndex:
+    """item key -> row offset in one vector table (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.fragments: list[tuple[int, int]] = []
+        self.rows = 0
+        self.segments: list[_Segment] = []
+        self.lock = threading.Lock()
+
+    def refresh(self, ds: lance.LanceDataset) -> None:
+        if ds.version == self.version:
+            return
+        frags = ds.get_fragments()
+        now = [(f.metadata.id, f.metadata.physical_rows) for f in frags]
+        clean = all(f.metadata.deletion_file is None for f in frags)
+        if clean and self.fragments and now[:len(self.fragments)] == self.fragments:
+            for f in frags[len(self.fragments):]:
+                self._add(f.to_table(columns=["item_key", "n_tokens", "truncated"]))
+        else:
+            self.rows, self.segments = 0, []
+            self._add(ds.to_table(columns=["item_key", "n_tokens", "truncated"]))
+        if len(self.segments) > MAX_SEGMENTS:
+            self._merge()
+        self.version, self.fragments = ds.version, now if clean else []
+
+    def _add(self, t: pa.Table) -> None:
+        n = len(t)
+        self.segments.append(_Segment(_key_bytes(t.column("item_key")), np.arange(self.rows, self.rows + n),
+                                      t.column("n_tokens").to_numpy(),
+                                      t.column("truncated").to_numpy(zero_copy_only=False)))
+        self.rows += n
+
+    def _merge(self) -> None:
+        parts = self.segments
+        self.segments = [_Segment(np.concatenate([p.keys for p in parts]), np.concatenate([p.rows for p in parts]),
+                                  np.concatenate([p.n_tokens for p in parts]),
+                                  np.concatenate([p.truncated for p in parts]))]
+
+    def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row offset or -1, token count, truncation flag) of each key."""
+        q = np.array([k.encode() for k in keys], dtype=self.segments[0].keys.dtype if self.segments else "S32")
+        rows = np.full(len(q), -1, np.int64)
+        n_tok = np.zeros(len(q), np.int32)
+        trunc = np.zeros(len(q), bool)
+        for seg in self.segments:
+            j = seg.find(q)
+            hit = (j >= 0) & (rows < 0)
+            rows[hit] = seg.rows[j[hit]]
+            n_tok[hit] = seg.n_tokens[j[hit]]
+            trunc[hit] = seg.truncated[j[hit]]
+        return rows, n_tok, trunc
 
 
 def read_rows(store: Store, model_hash: str, keys: list[str], layers: Iterable[int] | None) -> StoredVectors:
+    """:meth:`Store.get_vectors`: look keys up in the table's index, read their rows."""
     from embrm.store.store import StoredVectors
 
-    info = store.vector_info(model_hash)
-    if info is None:
+    ds = store.tables.open(S.vector_table(model_hash))
+    if ds is None:
         raise EmbrmError(f"model {model_hash[:12]} has no vectors in {store.uri}")
+    from embrm.store.vectors import VectorInfo
+
+    info = VectorInfo.of_schema(ds.schema)
     want = tuple(info.layers if layers is None else layers)
     bad = [layer for layer in want if layer not in info.layers]
     if bad:
         raise EmbrmError(f"layer(s) {bad} were not extracted; stored layers: {list(info.layers)}")
-    n = len(keys)
+    index, cache = store.key_index(model_hash)
+    with index.lock:
+        index.refresh(ds)
+        rows, n_tok, trunc = index.lookup(list(keys))
+    found = rows >= 0
     np_dtype = np.float16 if info.dtype == "float16" else np.float32
-    out = {layer: np.zeros((n, info.dim), np_dtype) for layer in want}
-    found = np.zeros(n, bool)
-    n_tokens = np.zeros(n, np.int32)
-    truncated = np.zeros(n, bool)
-    if n == 0:
-        return StoredVectors(list(keys), found, out, n_tokens, truncated)
-    ds = store.tables.get(S.vector_table(model_hash))
-    cols = ["item_key", "n_tokens", "truncated", *(S.layer_column(layer) for layer in want)]
-    ask = pa.array(keys, pa.string())
-    for s in range(0, n, 2000):
-        part = ask[s:s + 2000]
-        lst = ",".join("'" + k.replace("'", "''") + "'" for k in part.to_pylist())
-        t = ds.to_table(columns=cols, filter=f"item_key IN ({lst})")
-        if len(t) == 0:
-            continue
-        idx = pc.fill_null(pc.index_in(ask, value_set=t.column("item_key").combine_chunks()), -1).to_numpy()
-        hit = idx >= 0
-        rows = np.nonzero(hit)[0]
-        src = idx[hit].astype(np.int64)
-        found[rows] = True
-        n_tokens[rows] = t.column("n_tokens").to_numpy()[src]
-        truncated[rows] = t.column("truncated").to_numpy(zero_copy_only=False)[src]
-        for layer in want:
-            flat = t.column(S.layer_column(layer)).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            out[layer][rows] = flat.reshape(-1, info.dim)[src]
-    return StoredVectors(list(keys), found, out, n_tokens, truncated)
+    out = {}
+    for layer in want:
+        v = np.zeros((len(keys), info.dim), np_dtype)
+        if found.any():
+            v[found] = read_column_rows(ds, S.layer_column(layer), info.dim, info.dtype, rows[found], cache)
+        out[layer] = v
+    return StoredVectors(list(keys), found, out, n_tok, trunc)

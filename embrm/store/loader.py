@@ -151,8 +151,9 @@ def load(
     ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
     has not finished) is refused unless ``allow_partial``, which returns the rows that
     have vectors. ``use_cache`` decides the local materialisation (:mod:`embrm.store.cache`):
-    by default local stores use it and object stores do not (no full local copy of a
-    remote entry unless asked for with ``use_cache=True``).
+    by default local stores use it when ``$EMBRM_CACHE_SIZE`` turns it on, and object
+    stores never (no local copy of a remote entry unless asked for with ``use_cache=True``).
+    ``mmap=True`` memory-maps such a copy, written for the purpose if needed.
     """
     from embrm.store.tables import is_remote
 
@@ -164,11 +165,11 @@ def load(
     versions = (vds.version, store.tables.get(S.dataset_table(e.dataset_hash)).version)
     cache = store.cache
     stem = cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
-    m = cache.get(stem, versions, mmap) if use_cache else None
+    m = cache.get(stem, versions, mmap) if use_cache or mmap else None
     if m is None:
-        m = read_vectors(vds, e, layer, rows.column("item_key"))
-        if use_cache:
-            path = cache.put(stem, versions, m)
+        m = read_vectors(vds, e, layer, rows.column("item_key"), store.key_index(e.model_hash)[1])
+        if use_cache or mmap:
+            path = cache.put(stem, versions, m, force=mmap)
             if mmap and path is not None:
                 m = Materialised(np.load(path, mmap_mode="r"), m.n_tokens, m.truncated, m.present)
     if not m.present.all():
@@ -204,9 +205,12 @@ def _f64(rows: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
     return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.ChunkedArray) -> Materialised:
-    """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order."""
-    from embrm.store.scan import scan_vectors
+def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.ChunkedArray,
+                 cache: dict | None = None) -> Materialised:
+    """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order.
+
+    Keys and vectors are read from the same table version, so row offsets agree."""
+    from embrm.store.scan import read_column_rows
 
     meta = vds.to_table(columns=["item_key", "n_tokens", "truncated"])
     idx = pc.index_in(row_keys, value_set=meta.column("item_key").combine_chunks())
@@ -214,7 +218,7 @@ def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.Chu
     src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]
     n_tokens = meta.column("n_tokens").to_numpy()[src]
     truncated = meta.column("truncated").to_numpy(zero_copy_only=False)[src]
-    vectors = scan_vectors(vds, S.layer_column(layer), e.dim, e.dtype, src)
+    vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src, cache)
     return Materialised(vectors, n_tokens, truncated, present)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -160,6 +161,18 @@ class Store:
         self.uri = uri
         self.tables = tables
         self.cache = LoadCache(uri)
+        self._indexes: dict[str, tuple[Any, dict]] = {}
+        self._indexes_lock = threading.Lock()
+
+    def key_index(self, model_hash: str) -> tuple[Any, dict]:
+        """The point-read index of a model's vector table and its page-layout cache, kept
+        for the life of this Store object (see :mod:`embrm.store.keyindex`)."""
+        from embrm.store.keyindex import KeyIndex
+
+        with self._indexes_lock:
+            if model_hash not in self._indexes:
+                self._indexes[model_hash] = (KeyIndex(), {})
+            return self._indexes[model_hash]
 
     @property
     def storage_options(self) -> dict[str, str]:
@@ -335,6 +348,71 @@ class Store:
         that does not fit the table is refused before anything is written."""
         data = build_vector_table(item_keys, vectors, n_tokens, truncated, dtype, expect=self.vector_info(model_hash))
         return self.commit_vectors(model_hash, data)
+
+    # ---------------------------------------------------- distributed writers
+    def rows_at(self, dataset_hash: str, offsets: np.ndarray, columns: list[str], version: int | None = None
+                ) -> pa.Table:
+        """Rows of a dataset by their offsets in the rows table (as :meth:`physical_keys`
+        gives them): how a worker reads the items a driver sent it, without the texts
+        travelling through the driver."""
+        ds = self.tables.get(S.dataset_table(dataset_hash), version)
+        return ds.take(np.asarray(offsets, dtype=np.int64), columns=columns)
+
+    def physical_keys(self, dataset_hash: str, batch_size: int = 65536) -> Iterator[tuple[int, pa.Array]]:
+        """(first offset, item keys) of the rows table in its stored order, a batch at a time."""
+        at = 0
+        for b in self._rows_table(dataset_hash).to_batches(columns=["item_key"], batch_size=batch_size):
+            yield at, b.column(0)
+            at += len(b)
+
+    def ensure_vector_table(self, model_hash: str, info: VectorInfo) -> None:
+        """Create a model's vector table before workers write fragments into it."""
+        have = self.vector_info(model_hash)
+        if have is None:
+            self.tables.create(S.vector_table(model_hash), info.schema())
+        elif (have.dim, have.dtype, set(have.layers)) != (info.dim, info.dtype, set(info.layers)):
+            raise EmbrmError(f"model {short(model_hash)} stores {have}, not {info}")
+
+    def write_vector_fragments(self, model_hash: str, data: pa.Table) -> list[str]:
+        """Write vectors as uncommitted Lance fragments (a worker's side of a distributed
+        extraction); returns their metadata as JSON for the driver to commit. Until then
+        they are invisible, and ``gc`` removes them if nobody ever commits them."""
+        from lance.fragment import write_fragments
+
+        ds = self.tables.get(S.vector_table(model_hash))
+        frags = write_fragments(data.cast(ds.schema), self.tables.path(S.vector_table(model_hash)), schema=ds.schema,
+                                storage_options=self.storage_options or None)
+        return [json.dumps(f.to_json()) for f in frags]
+
+    def commit_vector_fragments(self, model_hash: str, fragments: list[str], keys: pa.Array) -> int:
+        """Commit workers' fragments as one append, under the table's commit lock.
+
+        Checked first: the fragments hold exactly ``len(keys)`` rows, no key comes twice,
+        and none is stored already. A fragment whose keys another writer stored meanwhile
+        is read back and merged instead (its file is left for ``gc``), so the table never
+        holds a key twice. Returns the rows added.
+        """
+        import lance
+        from lance.fragment import FragmentMetadata
+
+        frags = [FragmentMetadata.from_json(f) for f in fragments]
+        rows = sum(f.physical_rows for f in frags)
+        if rows != len(keys):
+            raise EmbrmError(f"workers' fragments hold {rows} rows but {len(keys)} items were sent; nothing committed")
+        if len(pc.unique(keys)) != len(keys):
+            raise EmbrmError("an item key arrived twice from the workers; nothing committed")
+        name = S.vector_table(model_hash)
+        with commit_lock(self.tables, name):
+            ds = self.tables.get(name)
+            clash = len(keys) - len(self.missing_keys(model_hash, keys))
+            if clash == 0:
+                retry(lambda: lance.LanceDataset.commit(self.tables.path(name), lance.LanceOperation.Append(frags),
+                                                        read_version=ds.version,
+                                                        storage_options=self.storage_options or None))
+                return rows
+            data = pa.concat_tables(_read_fragment(self.tables.path(name), f, self.storage_options) for f in frags)
+            res = _merge(ds, "item_key", data)
+        return int(res.get("num_inserted_rows", 0)) if isinstance(res, dict) else len(data)
 
     # ------------------------------------------------------------------- served
     def record_served(self, model_hash: str, model_name: str, model_config: dict[str, Any], keys: list[str],
@@ -516,6 +594,17 @@ class Store:
         from embrm.store.loader import iter_entry
 
         return iter_entry(self, model, dataset, layer=layer, batch_size=batch_size, **kw)
+
+
+def _read_fragment(table_uri: str, frag: Any, storage_options: dict[str, str]) -> pa.Table:
+    """The rows of an uncommitted fragment, read from its data file (a fresh fragment has
+    one file holding every column)."""
+    from lance.file import LanceFileReader
+
+    if len(frag.files) != 1:
+        raise EmbrmError(f"a worker's fragment has {len(frag.files)} data files; expected one")
+    path = f"{table_uri}/data/{frag.files[0].path}"
+    return LanceFileReader(path, storage_options=storage_options or None).read_all().to_table()
 
 
 def _merge(ds: lance.LanceDataset, on: str, data: pa.Table, update: bool = False) -> Any:
