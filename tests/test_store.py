@@ -388,9 +388,9 @@ def test_load_cache_is_opt_in_bounded_and_evicts_the_least_recently_used(tmp_pat
         return Materialised(np.zeros((n, 256), np.float32), np.zeros(n), np.zeros(n, bool), np.ones(n, bool))
 
     assert not LoadCache("x").enabled  # off unless EMBRM_CACHE_SIZE says otherwise
-    monkeypatch.setenv("EMBRM_CACHE_SIZE", "3M")
+    monkeypatch.setenv("EMBRM_CACHE_SIZE", "3.5M")  # three 1 MB files and their headers
     c = LoadCache("store-a", tmp_path)
-    assert c.enabled and c.limit == 3 << 20
+    assert c.enabled and c.limit == int(3.5 * (1 << 20))
     for i in range(3):  # 1 MB each
         assert c.put(f"e{i}", (1, 1), m(1024)) is not None
         os.utime(c.paths(f"e{i}", (1, 1))[0], (1000 + i, 1000 + i))
