@@ -187,8 +187,11 @@ class Embedder:
                 ids = ids.to(device, non_blocking=True)
                 mask = mask.to(device, non_blocking=True)
                 start = start.to(device, non_blocking=True)
+                idx = torch.tensor(batch)
+                if pin:
+                    idx = idx.pin_memory()
+                idx = idx.to(device, non_blocking=True)  # no blocking copy between forward passes
                 out = model(input_ids=ids, attention_mask=mask, output_hidden_states=want_all, use_cache=False)
-                idx = torch.tensor(batch, device=device)
                 for x in layers:
                     h = out.last_hidden_state if x == -1 else out.hidden_states[x]
                     outs[x][idx] = pool(h, mask, start, self.spec.pooling)

@@ -70,6 +70,22 @@ def check_ray() -> None:
         raise EmbrmError("--engine ray needs Ray Data: `pip install 'embrm[ray]'`")
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing answers at (Ray itself retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise EmbrmError(f"--address {address!r} must be auto or host:port (ray://host:port for a Ray client)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EmbrmError(f"cannot start or reach Ray at {address} ({e.strerror or e}); check --address") from None
+
+
 def start_ray(opts: RayOptions) -> Any:
     """Start (or join) Ray. A local Ray listens on loopback only, sends no usage stats and
     writes no auth token to the home directory."""
@@ -79,6 +95,8 @@ def start_ray(opts: RayOptions) -> Any:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         os.environ.pop("RAY_ADDRESS", None)
+    else:
+        check_address(opts.address)
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # a late Ray call never starts a second cluster
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
