@@ -187,3 +187,31 @@ def test_demo_end_to_end_small_and_second_run_reuses(tmp_path):
     assert (tmp_path / "d" / "ensemble" / "ensemble.png").exists()
     res = CliRunner().invoke(cli, args)
     assert "generated 0, reused 10" in res.output and "scored 0" in res.output and "computed 0, cached 30" in res.output
+
+
+def test_the_sampler_draws_from_transformers_top_k_then_top_p_distribution():
+    """embrm's decoding loop samples the distribution transformers' warpers define
+    (temperature, top-k, top-p, in that order), at top-k cost instead of vocabulary cost."""
+    import torch
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from embrm.pipeline.sampling import sample, sampling_probs
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5000) * 3
+    for temperature, top_k, top_p in [(0.8, 50, 0.95), (1.0, 10, 0.5), (0.5, 200, 1.0), (1.3, 50, 0.01)]:
+        warp = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k),
+                                    TopPLogitsWarper(top_p)])
+        want = torch.softmax(warp(None, logits.clone()), -1)
+        p, ids = sampling_probs(logits, temperature, top_k, top_p)
+        got = torch.zeros_like(want).scatter_(1, ids, p)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    draws = torch.stack([sample(logits[:1], 1.0, 10, 0.5) for _ in range(3000)]).flatten()
+    p, ids = sampling_probs(logits[:1], 1.0, 10, 0.5)
+    freq = torch.tensor([(draws == i).float().mean() for i in ids[0]])
+    assert torch.allclose(freq, p[0], atol=0.03) and set(draws.tolist()) <= set(ids[0][p[0] > 0].tolist())

@@ -31,21 +31,22 @@ def _quiet_hf(quiet: bool) -> None:
 @click.option("--top-p", type=float, default=0.95, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-prompts", type=int, default=16, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="0: the whole vocabulary.")
+@click.option("--batch-prompts", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--prompt-column", default="prompt", show_default=True)
 @click.option("--limit", type=int, default=None)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, seed, batch_prompts, prompt_column,
-                 limit, dtype, device, quiet) -> None:
+def generate_cmd(prompts, out, model, k, temperature, top_p, max_new_tokens, seed, top_k, batch_prompts,
+                 prompt_column, limit, dtype, device, quiet) -> None:
     """Sample K responses per prompt into a multi-response dataset file (resumable)."""
     from embrm.pipeline.generate import GenerateConfig, generate
 
     _quiet_hf(quiet)
     res = generate(GenerateConfig(prompts=prompts, out=out, model=model, k=k, temperature=temperature, top_p=top_p,
-                                  max_new_tokens=max_new_tokens, seed=seed, batch_prompts=batch_prompts,
+                                  top_k=top_k, max_new_tokens=max_new_tokens, seed=seed, batch_prompts=batch_prompts,
                                   prompt_column=prompt_column, limit=limit, dtype=dtype, device=device, quiet=quiet))
     click.echo(f"{res['prompts']} prompts: generated {res['generated']}, reused {res['reused']} "
                f"({res['seconds']:.1f} s) -> {res['out']}")
