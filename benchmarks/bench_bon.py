@@ -6,15 +6,13 @@ aggregations, plus per-prompt Spearman. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
 from embrm.rm.metrics import AGGREGATIONS, DEFAULT_BON, aggregate, best_of_n, spearman_per_prompt
+
+from _common import machine_line, table, write_json
 
 
 def main() -> None:
@@ -22,7 +20,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2000)
     ap.add_argument("--k", type=int, default=500)
     ap.add_argument("--members", type=int, default=10)
-    ap.add_argument("--json", default="benchmarks/results/bon.json")
+    ap.add_argument("--json", default="bon.json")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     gold = rng.standard_normal((a.prompts, a.k))
@@ -38,12 +36,10 @@ def main() -> None:
     t = time.perf_counter()
     spearman_per_prompt(aggregate(scores, "mean"), gold)
     res["Spearman per prompt (mean)"] = time.perf_counter() - t
-    print(f"# {a.prompts} prompts x {a.k} responses x {a.members} members, N = {ns}; "
-          f"{platform.machine()}, {os.cpu_count()} cores")
-    for k, v in res.items():
-        print(f"{k:34s} {v:6.2f} s")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(machine_line())
+    print(f"# {a.prompts} prompts x {a.k} responses x {a.members} members, N = {ns}")
+    print(table([{"what": k, "seconds": v} for k, v in res.items()], floatfmt="{:.2f}"))
+    print(f"wrote {write_json(a.json, res)}")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,7 @@ here without running the GEMMs themselves faster.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +29,8 @@ from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import pairwise_accuracy
 from embrm.rm.models import members_per_group
 from embrm.rm.trainer import _use_bf16
+
+from _common import machine_line, table, write_json
 
 
 def _mm_seconds(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 5) -> float:
@@ -69,7 +67,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--json", default="benchmarks/results/ensemble.json")
+    ap.add_argument("--json", default="ensemble.json")
     a = ap.parse_args()
     rows = []
     models = {"bt 1024,512 / batch 1024": ("bt", (1024, 512), 1024), "bt 64 / batch 256": ("bt", (64,), 256),
@@ -102,18 +100,14 @@ def main() -> None:
                "acc_sequential": pairwise_accuracy(ss[va.a], ss[va.b], va.y)}
         rows.append(row)
         print(row, flush=True)
-    print(f"\n# {a.pairs} pairs, {a.members} members, {a.epochs} epochs each, best of {a.repeats}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"{'D':>5s} {'model / batch':25s} {'sequential (s)':>15s} {'batched (s)':>12s} {'group':>6s} "
-          f"{'one group (s)':>14s} {'speed-up':>9s} {'matmul floor (s)':>17s} {'ceiling':>8s} {'acc seq':>8s} "
-          f"{'acc batched':>12s}")
-    for r in rows:
-        print(f"{r['dim']:5d} {r['model']:25s} {r['sequential_s']:15.1f} {r['batched_s']:12.1f} {r['group']:6d} "
-              f"{r['one_group_s']:14.1f} {r['speedup']:8.1f}x "
-              f"{r['matmul_floor_s']:17.1f} {r['speedup_ceiling']:7.1f}x {r['acc_sequential']:8.3f} "
-              f"{r['acc_batched']:12.3f}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(rows, indent=2))
+    print(machine_line())
+    print(f"# {a.pairs} pairs, {a.members} members, {a.epochs} epochs each, best of {a.repeats}")
+    print(table([{"D": r["dim"], "model / batch": r["model"], "sequential (s)": r["sequential_s"],
+                  "batched (s)": r["batched_s"], "group": r["group"], "one group (s)": r["one_group_s"],
+                  "speed-up": r["speedup"], "matmul floor (s)": r["matmul_floor_s"],
+                  "ceiling": r["speedup_ceiling"], "acc seq": r["acc_sequential"], "acc batched": r["acc_batched"]}
+                 for r in rows], floatfmt="{:.2f}"))
+    print(f"wrote {write_json(a.json, {'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ Tokens/s counts real (non-pad) tokens. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +22,8 @@ from embrm.extractor.datasets import DatasetSpec, iter_rows
 from embrm.extractor.formatting import encode_batch
 from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_model
 from embrm.store import open_store
+
+from _common import machine_line, table, write_json
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=48, help="HH-RLHF pairs (items = 2 x pairs)")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--skip-slow", action="store_true", help="skip (a) and (b)")
-    ap.add_argument("--json", default="benchmarks/results/extract.json")
+    ap.add_argument("--json", default="extract.json")
     a = ap.parse_args()
     if not HH.exists():
         raise SystemExit(f"needs {HH}")
@@ -111,13 +110,11 @@ def main() -> None:
         res[f"(d) roofline {dt}"] = {"tok_s": f / fpt, "matmul_gflops": f / 1e9, "note": f"{fpt / 1e6:.0f} MFLOP/token"}
 
     base_b = res.get("(b) seed: bs 50 padded to 512, fp32", {}).get("tok_s")
-    print(f"\n# SmolLM2-135M-Instruct, {len(enc)} HH-RLHF items, mean {mean_len:.0f} tokens, "
-          f"max_length {a.max_length}; "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"{'method':40s} {'tok/s':>9s} {'vs (b)':>7s}")
-    for k, v in res.items():
-        ratio = f"{v['tok_s'] / base_b:6.2f}x" if base_b else ""
-        print(f"{k:40s} {v['tok_s']:9,.0f} {ratio:>7s}")
+    print(machine_line())
+    print(f"# SmolLM2-135M-Instruct, {len(enc)} HH-RLHF items, mean {mean_len:.0f} tokens, "
+          f"max_length {a.max_length}")
+    print(table([{"method": k, "tok/s": v["tok_s"], "vs (b)": v["tok_s"] / base_b if base_b else None}
+                 for k, v in res.items()], floatfmt="{:,.2f}"))
     summary = {"items": len(enc), "mean_tokens": mean_len, "results": res,
                "bf16_fraction_of_roofline": res["(c) embrm bfloat16"]["tok_s"] / res["(d) roofline bfloat16"]["tok_s"],
                "fp32_fraction_of_roofline": res["(c) embrm float32"]["tok_s"] / res["(d) roofline float32"]["tok_s"]}
@@ -131,8 +128,7 @@ def main() -> None:
         print(f"fp32 vectors vs (a): max abs diff {diff.max():.2e}, bit-identical: {summary['fp32_identical_to_a']}")
     print(f"bf16 at {summary['bf16_fraction_of_roofline']:.0%} of the bf16 roofline; "
           f"fp32 at {summary['fp32_fraction_of_roofline']:.0%} of the fp32 roofline")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(summary, indent=2))
+    print(f"wrote {write_json(a.json, summary)}")
 
 
 if __name__ == "__main__":

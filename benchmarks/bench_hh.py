@@ -13,9 +13,6 @@ Whether the embeddings beat length is a finding, not a target. Prints a table, w
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +23,8 @@ from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import aggregate
 from embrm.rm.pairs import Pairs
 from embrm.store import open_store
+
+from _common import machine_line, table, write_json
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
@@ -44,7 +43,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default="benchmarks/results/hh.json")
+    ap.add_argument("--json", default="hh.json")
     a = ap.parse_args()
     if not HH.exists():
         raise SystemExit(f"needs {HH}")
@@ -107,18 +106,16 @@ def main() -> None:
         s = aggregate(m.score(x), "mean")
         d = s[te.a] - s[te.b]
         report(f"{method} x{a.members} (embeddings)", np.where(d == 0, 0.5, (d > 0) == te_y), time.perf_counter() - t)
-    print(f"\n# HH-RLHF harmless-base test: {n} pairs, {int(is_train.sum())} train / {int(is_val.sum())} val / "
-          f"{int(is_test.sum())} test pairs (prompt-disjoint); SmolLM2-135M-Instruct {r.model_name}; "
-          f"{platform.machine()}, {os.cpu_count()} cores")
-    print(f"{'model':34s} {'accuracy':>8s}  95% bootstrap CI")
-    for k, v in results.items():
-        print(f"{k:34s} {v['accuracy']:8.3f}  [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]")
+    print(machine_line())
+    print(f"# HH-RLHF harmless-base test: {n} pairs, {int(is_train.sum())} train / {int(is_val.sum())} val / "
+          f"{int(is_test.sum())} test pairs (prompt-disjoint); SmolLM2-135M-Instruct {r.model_name}")
+    print(table([{"model": k, "accuracy": v["accuracy"],
+                  "95% bootstrap CI": f"[{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"} for k, v in results.items()]))
     out = {"pairs": n, "train": int(is_train.sum()), "val": int(is_val.sum()), "test": int(is_test.sum()),
            "model": r.model_name, "pooling": a.pooling, "results": results,
            "extract": {"computed": r.computed, "cached": r.cached, "truncated": r.truncated,
                        "tok_s": r.tokens / r.compute_seconds if r.compute_seconds else None}}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {write_json(a.json, out)}")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,29 @@
-"""Load speed: ``embrm`` store load vs ``np.load`` of the same array, side by side.
+"""Load speed: a store entry against ``np.load`` of the same array, side by side, and
+against a plain S3 client on an object store.
 
-Writes N x D float32 vectors (default 100k x 2048, 0.8 GB) into a fresh store as one
-pairwise dataset, saves the same array as ``.npy`` on the same disk, then times:
+Local (default 100,000 x 2,048 float32, 0.82 GB, one entry written by the store's own
+path), best of ``--repeat`` with a warm page cache:
 
-* ``np.load``                       – the baseline;
-* ``to_arrow`` + ``np.stack``        – the naive LanceDB read;
-* embrm cold load                    – flat-buffer scan of the Lance table (cache off);
-* embrm first load                   – the cold scan plus writing the materialisation;
-* embrm warm load                    – reading the materialisation keyed by table version.
+* ``np.load`` of the same array from a ``.npy`` on the same disk (twice, first and last);
+* the naive read: ``to_table()`` of the Lance column and ``np.stack``;
+* ``Store.load`` in a fresh process (nothing of the store in memory) and again in the same
+  process; the direct page reads (:mod:`embrm.store.scan`) with no ``.npy`` copy;
+* the opt-in ``.npy`` cache (``EMBRM_CACHE_SIZE``): the first load that writes it, then a
+  load that reads it.
 
-Each timing is the best of ``--repeat`` runs with a warm page cache. Prints a table and
-writes JSON (``--json``).
+Object store (``--s3-rows``, default 20,000 x 2,048): a real S3-compatible server (moto)
+on loopback; ``Store.load`` against boto3 ``get_object`` of the same table's data files.
+
+Prints a table and writes JSON.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,85 +31,116 @@ import numpy as np
 from embrm.store import item_key, open_store
 from embrm.store import schema as S
 
+from _common import best_of, machine_line, table, write_json
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+FRESH = """
+import sys, time
+from embrm.store import open_store
+t = time.perf_counter(); open_store(sys.argv[1]).load("load-model", "load-data", use_cache=False)
+print(time.perf_counter() - t)
+"""
+
+
+def build(uri: str, vecs: np.ndarray, chunk: int = 20_000) -> None:
+    store = open_store(uri, create=True)
+    n = len(vecs)
+    keys = [item_key(f"prompt {i // 2}", f"response {i}") for i in range(n)]
+    rows = ({"position": i, "item_key": k, "prompt_id": i // 2, "response_index": i % 2,
+             "role": "chosen" if i % 2 == 0 else "rejected", "label": None, "reward": None,
+             "prompt": f"prompt {i // 2}", "response": f"response {i}"} for i, k in enumerate(keys))
+    store.write_dataset_rows("c" * 64, rows, n)
+    store.begin_entry("b" * 64, "load-model", {}, "c" * 64, "load-data", {}, "pairwise", n)
+    for s in range(0, n, chunk):
+        store.write_vectors("b" * 64, keys[s:s + chunk], {-1: vecs[s:s + chunk]}, np.full(min(chunk, n - s), 10),
+                            np.zeros(min(chunk, n - s), bool))
+    store.finish_entry("b" * 64, "c" * 64)
+
+
+def local(root: Path, rows: int, dim: int, repeat: int) -> list[dict]:
+    vecs = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+    np.save(root / "vectors.npy", vecs)
+    build(str(root / "store"), vecs)
+    store = open_store(root / "store")
+    ds = store.tables.get(S.vector_table("b" * 64))
+    gb = vecs.nbytes / 1e9
+
+    def naive() -> np.ndarray:
+        return np.stack(ds.to_table(columns=["layer_m1"]).column(0).to_numpy(zero_copy_only=False))
+
+    def fresh() -> float:
+        out = subprocess.run([sys.executable, "-c", FRESH, str(root / "store")], capture_output=True, text=True,
+                             check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    res = {"np.load (first)": best_of(lambda: np.load(root / "vectors.npy"), repeat)}
+    res["naive: to_table + np.stack"] = best_of(naive, 1)
+    res["embrm load, fresh process"] = min(fresh() for _ in range(repeat))
+    res["embrm load, same process"] = best_of(lambda: store.load("load-model", "load-data", use_cache=False), repeat)
+    assert np.array_equal(store.load("load-model", "load-data", use_cache=False).vectors, vecs)
+    os.environ["EMBRM_CACHE"] = str(root / "cache")
+    os.environ["EMBRM_CACHE_SIZE"] = "8G"
+    cached = open_store(root / "store")
+    res["embrm load writing the .npy cache"] = best_of(lambda: (shutil.rmtree(root / "cache", ignore_errors=True),
+                                                                cached.load("load-model", "load-data")), 1)
+    res["embrm load from the .npy cache"] = best_of(lambda: cached.load("load-model", "load-data"), repeat)
+    res["np.load (again)"] = best_of(lambda: np.load(root / "vectors.npy"), repeat)
+    base = min(res["np.load (first)"], res["np.load (again)"])
+    return [{"where": "local", "method": k, "seconds": v, "GB/s": gb / v, "vs np.load": base / v}
+            for k, v in res.items()]
+
+
+def remote(root: Path, rows: int, dim: int, repeat: int) -> list[dict]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from s3server import S3Server
+
+    server = S3Server(root)
+    try:
+        os.environ.update(server.env())
+        uri = "s3://embrm/bench"
+        vecs = np.random.default_rng(1).standard_normal((rows, dim), dtype=np.float32)
+        build(uri, vecs)
+        store = open_store(uri)
+        gb = vecs.nbytes / 1e9
+        s3 = server.client("s3")
+        data = [k for k in server.keys(f"bench/{S.vector_table('b' * 64)}.lance/data/")]
+        size = sum(s3.head_object(Bucket="embrm", Key=k)["ContentLength"] for k in data)
+
+        def plain() -> None:
+            for k in data:
+                s3.get_object(Bucket="embrm", Key=k)["Body"].read()
+
+        t_plain = best_of(plain, repeat)
+        t_load = best_of(lambda: store.load("load-model", "load-data"), repeat)
+        assert np.array_equal(store.load("load-model", "load-data").vectors, vecs)
+        return [{"where": "S3 (moto, loopback)", "method": "boto3 get_object of the table's data files",
+                 "seconds": t_plain, "GB/s": size / 1e9 / t_plain, "vs np.load": None},
+                {"where": "S3 (moto, loopback)", "method": "embrm load (no local copy)", "seconds": t_load,
+                 "GB/s": gb / t_load, "vs np.load": None, "vs boto3": t_plain / t_load}]
+    finally:
+        server.stop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--s3-rows", type=int, default=20_000, help="0 skips the object-store part")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
-    ap.add_argument("--json", default="benchmarks/results/load.json")
+    ap.add_argument("--json", default="load.json")
     a = ap.parse_args()
-
-    root = Path(a.dir or tempfile.mkdtemp(prefix="embrm-bench-"))
-    shutil.rmtree(root / "store", ignore_errors=True)
-    rng = np.random.default_rng(0)
-    vecs = rng.standard_normal((a.rows, a.dim), dtype=np.float32)
-    np.save(root / "vectors.npy", vecs)
-
-    store = open_store(root / "store", create=True)
-    mh, dh = "b" * 64, "c" * 64
-    keys = [item_key(f"prompt {i // 2}", f"response {i}") for i in range(a.rows)]
-    rows = ({"position": i, "item_key": k, "prompt_id": i // 2, "response_index": i % 2,
-             "role": "chosen" if i % 2 == 0 else "rejected", "label": None, "reward": None,
-             "prompt": "", "response": ""} for i, k in enumerate(keys))
-    t = time.perf_counter()
-    store.write_dataset_rows(dh, rows, a.rows)
-    store.begin_entry(mh, "bench-model", {}, dh, "bench-data", {}, "pairwise", a.rows)
-    chunk = 8192
-    for s in range(0, a.rows, chunk):
-        e = min(s + chunk, a.rows)
-        store.write_vectors(mh, keys[s:e], {-1: vecs[s:e]}, np.full(e - s, 10), np.zeros(e - s, bool))
-    store.finish_entry(mh, dh)
-    write_s = time.perf_counter() - t
-
-    def naive():
-        t = store.table(S.vector_table(mh)).to_arrow()
-        return np.stack(t.column(S.layer_column(-1)).to_numpy(zero_copy_only=False))
-
-    def cold():
-        return store.load("bench-model", "bench-data", use_cache=False).vectors
-
-    def first():
-        for p in store.cache_dir.glob("*"):
-            p.unlink()
-        return store.load("bench-model", "bench-data").vectors
-
-    def warm():
-        return store.load("bench-model", "bench-data").vectors
-
-    def npload():
-        return np.load(root / "vectors.npy")
-
-    assert np.array_equal(cold(), vecs) and np.array_equal(warm(), vecs)
-    results = {"np.load": best(npload, a.repeat)}
-    results["naive to_arrow+stack"] = best(naive, 1)
-    results["embrm cold (lance scan)"] = best(cold, a.repeat)
-    results["embrm first (scan+materialise)"] = best(first, a.repeat)
-    results["embrm warm (materialised)"] = best(warm, a.repeat)
-    results["np.load (again)"] = best(npload, a.repeat)
-    base = min(results["np.load"], results["np.load (again)"])
-    gb = vecs.nbytes / 1e9
-    print(f"# {a.rows} x {a.dim} float32 = {gb:.2f} GB; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; write took {write_s:.1f} s")
-    print(f"{'method':34s} {'seconds':>8s} {'GB/s':>6s} {'speed vs np.load':>17s}")
-    for k, v in results.items():
-        print(f"{k:34s} {v:8.3f} {gb / v:6.2f} {base / v:16.2f}x")
-    out = {"rows": a.rows, "dim": a.dim, "gb": gb, "cores": os.cpu_count(), "seconds": results,
-           "speed_vs_npload": {k: base / v for k, v in results.items()}, "write_seconds": write_s}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2))
-    if a.dir is None:
+    root = Path(tempfile.mkdtemp(prefix="embrm-bench-load-"))
+    try:
+        rows = local(root, a.rows, a.dim, a.repeat)
+        if a.s3_rows:
+            rows += remote(root, a.s3_rows, a.dim, a.repeat)
+    finally:
         shutil.rmtree(root, ignore_errors=True)
+    print(machine_line())
+    print(f"# local: {a.rows:,} x {a.dim} float32 ({a.rows * a.dim * 4 / 1e9:.2f} GB), one entry; "
+          f"object store: {a.s3_rows:,} x {a.dim}; best of {a.repeat}, page cache warm")
+    print(table(rows, ["where", "method", "seconds", "GB/s", "vs np.load", "vs boto3"]))
+    print(f"wrote {write_json(a.json, {'table': rows})}")
+
 
 
 if __name__ == "__main__":

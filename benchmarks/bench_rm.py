@@ -17,11 +17,8 @@ linear in their number. Held-out accuracy is the mean-aggregated pairwise accura
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +28,8 @@ from torch import nn
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import pairwise_accuracy
 from embrm.rm.pairs import Pairs
+
+from _common import machine_line, table, write_json
 
 
 def data(dim: int, n_pairs: int, n_val: int, seed: int = 0):
@@ -77,7 +76,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20_000)
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--seed-members", type=int, default=1)
-    ap.add_argument("--json", default="benchmarks/results/rm.json")
+    ap.add_argument("--json", default="rm.json")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     results = []
@@ -99,14 +98,12 @@ def main() -> None:
         results.append(row)
         print(f"D={dim}: seed {per_member:.1f} s/member -> {per_member * a.members:.0f} s for {a.members}; "
               f"embrm {ours:.1f} s ({m.log.epochs} epochs); acc seed {seed_acc:.3f} embrm {ours_acc:.3f}", flush=True)
-    print(f"\n# {a.pairs} train pairs, {a.members} members; {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}")
-    print(f"{'D':>5s} {'seed-style (s)':>15s} {'embrm (s)':>10s} {'speed-up':>9s} {'acc seed':>9s} {'acc embrm':>10s}")
-    for r in results:
-        print(f"{r['dim']:5d} {r['seed_ensemble_s']:15.0f} {r['embrm_s']:10.1f} {r['speedup']:8.1f}x "
-              f"{r['seed_acc']:9.3f} {r['embrm_acc']:10.3f}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(results, indent=2))
+    print(machine_line())
+    print(f"# {a.pairs} train pairs, {a.members} members")
+    print(table([{"D": r["dim"], "seed-style (s)": r["seed_ensemble_s"], "embrm (s)": r["embrm_s"],
+                  "speed-up": r["speedup"], "acc seed": r["seed_acc"], "acc embrm": r["embrm_acc"]}
+                 for r in results], floatfmt="{:.3f}"))
+    print(f"wrote {write_json(a.json, {'results': results})}")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import machine_line, table, write_json
 
 CHILD = """
 import json, sys, time, resource
@@ -55,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2500, help="the small size N; the large one is 4N")
     ap.add_argument("--window", type=int, default=1024)
-    ap.add_argument("--json", default="benchmarks/results/stream.json")
+    ap.add_argument("--json", default="stream.json")
     a = ap.parse_args()
     res = {}
     with tempfile.TemporaryDirectory() as d:
@@ -71,15 +72,14 @@ def main() -> None:
         r = run(again, d / f"store{n}", a.window)
         res["all cached"] = {"rows": n, **r, "seconds_per_10k_rows": r["seconds"] / n * 10_000}
         print(res["all cached"], flush=True)
-    print(f"\n# SmolLM2-135M-Instruct, synthetic pointwise rows; {platform.machine()}, {os.cpu_count()} cores")
-    print(f"{'run':26s} {'rows':>6s} {'computed':>8s} {'cached':>7s} {'seconds':>8s} {'peak RSS MB':>11s}")
-    for k, v in res.items():
-        print(f"{k:26s} {v['rows']:6d} {v['computed']:8d} {v['cached']:7d} {v['seconds']:8.2f} "
-              f"{v['peak_rss_mb']:11.0f}")
+    print(machine_line())
+    print("# SmolLM2-135M-Instruct, synthetic pointwise rows, each run a fresh process")
+    print(table([{"run": k, "rows": v["rows"], "computed": v["computed"], "cached": v["cached"],
+                  "seconds": v["seconds"], "peak RSS MB": v["peak_rss_mb"]} for k, v in res.items()],
+                floatfmt="{:.2f}"))
     print(f"all cached: {res['all cached']['seconds_per_10k_rows']:.2f} s per 10k rows, model loaded: "
           f"{res['all cached']['model_loaded']}")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(f"wrote {write_json(a.json, res)}")
 
 
 if __name__ == "__main__":
