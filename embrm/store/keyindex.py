@@ -23,6 +23,7 @@ import pyarrow as pa
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
 from embrm.store.scan import read_column_rows
+from embrm.store.vectors import key_columns
 
 if TYPE_CHECKING:
     import lance
@@ -76,10 +77,10 @@ class KeyIndex:
         clean = all(f.metadata.deletion_file is None for f in frags)
         if clean and self.fragments and now[:len(self.fragments)] == self.fragments:
             for f in frags[len(self.fragments):]:
-                self._add(f.to_table(columns=["item_key", "n_tokens", "truncated"]))
+                self._add(key_columns(f))
         else:
             self.rows, self.segments = 0, []
-            self._add(ds.to_table(columns=["item_key", "n_tokens", "truncated"]))
+            self._add(key_columns(ds))
         if len(self.segments) > MAX_SEGMENTS:
             self._merge()
         self.version, self.fragments = ds.version, now if clean else []

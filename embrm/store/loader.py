@@ -211,8 +211,9 @@ def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.Chu
 
     Keys and vectors are read from the same table version, so row offsets agree."""
     from embrm.store.scan import read_column_rows
+    from embrm.store.vectors import key_columns
 
-    meta = vds.to_table(columns=["item_key", "n_tokens", "truncated"])
+    meta = key_columns(vds)
     idx = pc.index_in(row_keys, value_set=meta.column("item_key").combine_chunks())
     present = pc.is_valid(idx).to_numpy(zero_copy_only=False)
     src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]

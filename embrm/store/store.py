@@ -37,7 +37,7 @@ from embrm.store.cache import LoadCache
 from embrm.store.keys import short
 from embrm.store.locks import commit_lock
 from embrm.store.tables import Tables, is_remote, local_path, retry
-from embrm.store.vectors import VectorInfo, build_vector_table
+from embrm.store.vectors import VectorInfo, build_vector_table, key_columns
 
 if TYPE_CHECKING:
     import lance
@@ -299,7 +299,7 @@ class Store:
         cols = ["item_key", *columns]
         if ds is None:
             return S.vector_schema(1, "float32", (-1,)).empty_table().select(cols)
-        return ds.to_table(columns=cols)
+        return key_columns(ds, cols)
 
     def cached_keys(self, model_hash: str) -> pa.Array:
         """Every item key that has a vector under this model fingerprint."""

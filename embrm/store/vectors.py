@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -92,9 +93,11 @@ def build_vector_table(
     return pa.Table.from_arrays(cols, schema=S.vector_schema(dim, dtype, layers))
 
 
-def unique_keys(table: pa.Table) -> bool:
-    """True when no item key appears twice in the table."""
-    import pyarrow.compute as pc
+#: What every reader of a vector table's keys takes with them: the per-item facts.
+KEY_COLUMNS = ["item_key", "n_tokens", "truncated"]
 
-    keys = table.column("item_key")
-    return len(pc.unique(keys)) == len(keys)
+
+def key_columns(source: Any, columns: list[str] | None = None) -> pa.Table:
+    """The one way to scan a vector table's keys (a Lance dataset or one fragment of it),
+    in table order; ``columns`` defaults to the keys and their token facts."""
+    return source.to_table(columns=columns or KEY_COLUMNS)
