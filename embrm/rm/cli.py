@@ -36,6 +36,8 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
               help="Epochs without a better validation loss before stopping (after at least 200 steps).")
 @click.option("--tune", is_flag=True, help="Choose lr, weight decay and hidden size from a small grid first.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
+              help="Where to train (auto: a GPU where torch sees one).")
 @click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for validation.")
 @click.option("--layer", type=int, default=None, help="Stored layer to train on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -43,15 +45,16 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory to write.")
 @STORE
 def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pairs, pairs_per_prompt, diversity,
-              scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, val_frac, layer, seed,
-              bon, out, store_uri) -> None:
+              scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, device, val_frac, layer,
+              seed, bon, out, store_uri) -> None:
     """Train a reward-model ensemble on stored embeddings."""
     from embrm.rm.experiment import DataConfig, table, train_from_store
     from embrm.rm.trainer import TrainConfig
     from embrm.store.cli import open_any
 
     tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, weight_decay=weight_decay,
-                     batch_size=batch_size, max_epochs=epochs, patience=patience, bootstrap=bootstrap, seed=seed)
+                     batch_size=batch_size, max_epochs=epochs, patience=patience, bootstrap=bootstrap, seed=seed,
+                     device=device)
     dc = DataConfig(pairs=pairs, pairs_per_prompt=pairs_per_prompt, diversity=diversity,
                     annotation_quality=annotation_quality, scale=scale, val_frac=val_frac, seed=seed)
     model, metrics = train_from_store(open_any(store_uri), model_key, dataset_key, tc, dc,

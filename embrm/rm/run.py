@@ -31,7 +31,7 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
            "train": config_dict(model.config),
            "log": asdict(model.log), **extra}
     if model.net is not None:
-        save_file({k: v.contiguous() for k, v in model.net.state().items()}, str(out / WEIGHTS))
+        save_file({k: v.contiguous().cpu() for k, v in model.net.state().items()}, str(out / WEIGHTS))
     else:
         assert model.boosters is not None
         for i, b in enumerate(model.boosters):

@@ -57,6 +57,7 @@ class TrainConfig:
     bf16: bool | None = None  # None: where the CPU has native bf16 matmul
     member_group: int = 0  # members per batched matmul; 0: as many as fit the CPU cache
     lgbm_rounds: int = 500
+    device: str = "auto"  # auto: cuda where torch sees one, else cpu
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +69,8 @@ class TrainConfig:
             raise EmbrmError("batch size, epochs, patience and learning rate must be positive")
         if self.weight_decay < 0:
             raise EmbrmError("--weight-decay must not be negative")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise EmbrmError(f"unknown device {self.device!r}; use auto, cpu, cuda or mps")
 
 
 def batch_for(n_pairs: int, cfg: TrainConfig) -> int:
@@ -114,27 +117,43 @@ class RewardModel:
         if self.boosters is not None:
             return np.stack([b.predict(x, raw_score=True) for b in self.boosters]).astype(np.float32)
         assert self.net is not None
+        device = next(self.net.parameters()).device
         out = np.empty((self.members, len(x)), np.float32)
         with torch.inference_mode():
             for s in range(0, len(x), chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
-                out[:, s:s + chunk] = self.net(xb).float().numpy()
+                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)).to(device)
+                out[:, s:s + chunk] = self.net(xb).float().cpu().numpy()
         return out
 
 
-def check_embeddings(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x)
+def check_embeddings(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray | torch.Tensor:
+    """A 2-D array of finite values (numpy, or a torch tensor already on the training device)."""
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
     if x.ndim != 2:
-        raise EmbrmError(f"{what} must be a 2-D (items, dim) array, got shape {x.shape}")
-    if not np.isfinite(x).all():
+        raise EmbrmError(f"{what} must be a 2-D (items, dim) array, got shape {tuple(x.shape)}")
+    finite = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
+    if not finite:
         raise EmbrmError(f"{what} contain NaN or inf; re-extract or drop those rows")
     return x
 
 
-def _use_bf16(flag: bool | None) -> bool:
+def train_device(device: str) -> str:
+    """``auto``: the GPU where torch sees one; a GPU asked for and absent is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EmbrmError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def _use_bf16(flag: bool | None, device: str = "cpu") -> bool:
+    """bf16 matmuls where they are native: a CPU with AMX/AVX512-BF16, a GPU that has them."""
     if flag is not None:
         return flag
-    return cpu_has_fast_bf16()
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and cpu_has_fast_bf16()
 
 
 def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
@@ -165,16 +184,17 @@ class _Validation:
 
     def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, chunk: int = 8192):
         items, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
-        self.x, self.items, self.chunk = x, torch.from_numpy(items), chunk
-        self.a = torch.from_numpy(inverse[: len(pairs)]).long()
-        self.b = torch.from_numpy(inverse[len(pairs):]).long()
-        self.y = torch.from_numpy(pairs.y.astype(np.float32)).expand(members, len(pairs))
+        dev = x.device
+        self.x, self.items, self.chunk = x, torch.from_numpy(items).to(dev), chunk
+        self.a = torch.from_numpy(inverse[: len(pairs)]).long().to(dev)
+        self.b = torch.from_numpy(inverse[len(pairs):]).long().to(dev)
+        self.y = torch.from_numpy(pairs.y.astype(np.float32)).to(dev).expand(members, len(pairs))
 
     def __call__(self, net: EnsembleMLP, method: str) -> np.ndarray:
         with torch.inference_mode():
             r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk])).float()
                            for s in range(0, len(self.items), self.chunk)], 1)
-            return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).numpy()
+            return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).cpu().numpy()
 
 
 def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
@@ -195,8 +215,9 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     if cfg.method == "lgbm":
         return _train_lgbm(x, train_pairs, val_pairs, cfg)
     torch.manual_seed(cfg.seed)
+    device = train_device(cfg.device)
     hidden = () if cfg.method == "linear" else cfg.hidden
-    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear")
+    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear").to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     if member_lr is None and member_wd is None:
         # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
@@ -207,12 +228,15 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
         wd = torch.as_tensor(member_wd if member_wd is not None else np.full(cfg.ensemble, cfg.weight_decay))
         if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble:
             raise EmbrmError(f"per-member learning rates and decays need one value per member ({cfg.ensemble})")
-        opt = MemberAdamW(params, lr, wd)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if _use_bf16(cfg.bf16):
+        opt = MemberAdamW(params, lr.to(device), wd.to(device))
+    if isinstance(x, torch.Tensor):
+        xt = x.to(device=device, dtype=torch.float32)
+    else:
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    if _use_bf16(cfg.bf16, device):
         xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
-    ta, tb = torch.from_numpy(train_pairs.a), torch.from_numpy(train_pairs.b)
-    ty = torch.from_numpy(train_pairs.y.astype(np.float32))
+    ta, tb = torch.from_numpy(train_pairs.a).to(device), torch.from_numpy(train_pairs.b).to(device)
+    ty = torch.from_numpy(train_pairs.y.astype(np.float32)).to(device)
     group = cfg.member_group or None  # None: the net sizes its member groups to the cache
     validation = _Validation(xt, val_pairs, cfg.ensemble)
     m, n = cfg.ensemble, len(train_pairs)
@@ -229,9 +253,9 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     for epoch in range(1, cfg.max_epochs + 1):
         net.train()
         if cfg.bootstrap:
-            order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens]))
+            order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens])).to(device)
         else:
-            order = torch.from_numpy(np.stack([g.permutation(n) for g in gens]))
+            order = torch.from_numpy(np.stack([g.permutation(n) for g in gens])).to(device)
         for s in range(0, n, batch):
             idx = order[:, s:s + batch]
             loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, group)
