@@ -67,6 +67,20 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
+# A real extraction process for crash tests: it prints each committed window and sleeps after it.
+EXTRACT_SCRIPT = """
+import sys
+from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
+cfg = ExtractConfig(DatasetSpec(sys.argv[1]), EmbeddingSpec(model=sys.argv[2], dtype="float32"),
+                    RunOptions(store=sys.argv[3], window=4, quiet=True))
+def slow(n):
+    print("window", n, flush=True)
+    import time; time.sleep(float(sys.argv[4]))
+res = extract(cfg, on_window=slow)
+print("done", res.computed, res.cached, flush=True)
+"""
+
+
 def extract_config(dataset, model=None, store=None, **kw):
     """An ExtractConfig from flat keyword arguments, as the tests like to write them."""
     from dataclasses import fields

@@ -23,7 +23,7 @@ from embrm.extractor.pooling import pool
 from embrm.store import open_store
 from embrm.store import schema as S
 
-from conftest import extract_config
+from conftest import EXTRACT_SCRIPT, extract_config
 
 PAIRS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five, I think, or maybe six."},
@@ -288,24 +288,13 @@ def test_cli_extract_prints_keys_and_counts(tmp_path, tiny_model):
     assert res.exit_code == 2 and "'--layers': 'x' must be comma-separated integers" in res.output
 
 
-WINDOW_SCRIPT = """
-import sys
-from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
-cfg = ExtractConfig(DatasetSpec(sys.argv[1]), EmbeddingSpec(model=sys.argv[2], dtype="float32"),
-                    RunOptions(store=sys.argv[3], window=4, quiet=True))
-def slow(n):
-    print("window", n, flush=True)
-    import time; time.sleep(float(sys.argv[4]))
-res = extract(cfg, on_window=slow)
-print("done", res.computed, res.cached, flush=True)
-"""
 
 
 def test_sigkill_during_extraction_then_rerun_continues(tmp_path, tiny_model):
     recs = [{"prompt": f"Question number {i}?", "response": f" Answer {i * 7}."} for i in range(40)]
     data = _jsonl(tmp_path / "d.jsonl", recs)
     script = tmp_path / "run.py"
-    script.write_text(WINDOW_SCRIPT)
+    script.write_text(EXTRACT_SCRIPT)
     store = tmp_path / "store"
     p = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model), str(store), "0.3"],
                          stdout=subprocess.PIPE, text=True)

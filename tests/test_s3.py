@@ -18,20 +18,11 @@ from embrm.cli import main as cli
 from embrm.store import open_store
 from embrm.store import schema as S
 
+from conftest import EXTRACT_SCRIPT
+
 HERE = Path(__file__).parent
 pytest.importorskip("moto")
 
-EXTRACT = """
-import sys
-from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
-cfg = ExtractConfig(DatasetSpec(sys.argv[1]), EmbeddingSpec(model=sys.argv[2], dtype="float32"),
-                    RunOptions(store=sys.argv[3], window=4, quiet=True))
-def slow(n):
-    print("window", n, flush=True)
-    import time; time.sleep(float(sys.argv[4]))
-res = extract(cfg, on_window=slow)
-print("done", res.computed, res.cached, flush=True)
-"""
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -43,7 +34,7 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     script = tmp_path / "run.py"
-    script.write_text(EXTRACT)
+    script.write_text(EXTRACT_SCRIPT)
     p = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model), s3.uri, "0.3"],
                          stdout=subprocess.PIPE, text=True)
     seen = 0

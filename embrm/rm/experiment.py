@@ -173,32 +173,23 @@ def score_from_store(run_dir: Path, store: Any, dataset_key: str, out: Path, bat
     """Write every row's member scores and aggregations to Parquet, streaming the entry:
     memory is bounded by ``batch_size`` rows, never by the entry's size."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from embrm.store.export import write_parquet
 
     model, cfg = load_run(run_dir)
     e = store.resolve(cfg["model_hash"], dataset_key)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = None
-    try:
+
+    def tables() -> Any:
         for b in store.iter_entry(e.model_hash, e.dataset_hash, layer=cfg.get("layer"), batch_size=batch_size,
                                   columns=["item_key", "prompt_id", "response_index", "role"]):
             scores = model.score(b.vectors)
             t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
             for how in AGGREGATIONS:
                 t = t.append_column(f"score_{how.replace('-', '_')}", pa.array(aggregate(scores, how)))
-            t = t.append_column("member_scores", pa.FixedSizeListArray.from_arrays(
+            yield t.append_column("member_scores", pa.FixedSizeListArray.from_arrays(
                 pa.array(np.ascontiguousarray(scores.T).ravel()), scores.shape[0]))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
-            writer.write_table(t)
-        if writer is not None:
-            writer.close()
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+    return write_parquet(out, tables())
 
 
 __all__ = ["DataConfig", "Dataset", "eval_from_store", "from_embeddings", "score_from_store", "table",

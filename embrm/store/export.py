@@ -6,6 +6,7 @@ holds the whole entry in memory, and the file appears whole or not at all.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +36,54 @@ def export(store: Any, model: str, dataset: str, out: str | Path, layer: int | N
     if e.status != "complete":
         raise EmbrmError(f"entry {e.model_name} x {e.dataset_name} is partial ({e.rows} of {e.n_rows} rows); "
                          "finish the extraction before exporting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     cols = ROW_COLUMNS + (TEXT_COLUMNS if texts and suffix == ".parquet" else [])
     batches = store.iter_entry(e.model_hash, e.dataset_hash, layer=layer, batch_size=batch_size, columns=cols)
+    if suffix == ".parquet":
+        return write_parquet(out, (_parquet_table(b, e.dim) for b in batches))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
     try:
-        if suffix == ".npy":
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if e.dtype == "float16" else np.float32,
-                                            shape=(e.n_rows, e.dim))
-            at = 0
-            for b in batches:
-                arr[at:at + len(b.vectors)] = b.vectors
-                at += len(b.vectors)
-            arr.flush()
-            del arr
-        else:
-            import pyarrow.parquet as pq
-
-            writer = None
-            for b in batches:
-                t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
-                t = t.append_column("n_tokens", pa.array(b.n_tokens, pa.int32()))
-                t = t.append_column("truncated", pa.array(b.truncated))
-                flat = pa.array(np.ascontiguousarray(b.vectors).reshape(-1))
-                t = t.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, e.dim))
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, t.schema)
-                writer.write_table(t)
-            if writer is not None:
-                writer.close()
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if e.dtype == "float16" else np.float32,
+                                        shape=(e.n_rows, e.dim))
+        at = 0
+        for b in batches:
+            arr[at:at + len(b.vectors)] = b.vectors
+            at += len(b.vectors)
+        arr.flush()
+        del arr
         tmp.replace(out)
     finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _parquet_table(b: Any, dim: int) -> pa.Table:
+    t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
+    t = t.append_column("n_tokens", pa.array(b.n_tokens, pa.int32()))
+    t = t.append_column("truncated", pa.array(b.truncated))
+    flat = pa.array(np.ascontiguousarray(b.vectors).reshape(-1))
+    return t.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
+
+
+def write_parquet(out: str | Path, tables: Iterable[pa.Table]) -> Path:
+    """Stream tables into one Parquet file that appears whole or not at all."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    writer = None
+    try:
+        for t in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            writer.write_table(t)
+        if writer is not None:
+            writer.close()
+            writer = None
+        tmp.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
         tmp.unlink(missing_ok=True)
     return out
