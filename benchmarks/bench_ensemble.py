@@ -75,7 +75,8 @@ def main() -> None:
     for dim, (name, (method, hidden, batch)) in ((int(d), m) for d in a.dims.split(",") for m in models.items()):
         x, tr, va = data(dim, a.pairs, 5000)
         bf16 = torch.bfloat16 if _use_bf16(None) else torch.float32
-        cfg = dict(method=method, hidden=hidden, batch_size=batch, max_epochs=a.epochs, patience=a.epochs + 1)
+        cfg = dict(method=method, hidden=hidden, batch_size=batch, max_epochs=a.epochs, patience=a.epochs + 1,
+                   lr=1e-3)
         batched, one_group, sequential = [], [], []
         for _ in range(a.repeats):
             t = time.perf_counter()

@@ -87,7 +87,8 @@ def main() -> None:
         per_member = (time.perf_counter() - t) / a.seed_members
         seed_acc = pairwise_accuracy(np.mean(seed_scores, 0)[va.a], np.mean(seed_scores, 0)[va.b], va.y)
         t = time.perf_counter()
-        m = train(x, tr, va, TrainConfig(method="bt", ensemble=a.members, batch_size=1024, max_epochs=30, patience=3))
+        m = train(x, tr, va, TrainConfig(method="bt", ensemble=a.members, batch_size=1024, max_epochs=30, patience=3,
+                                          lr=1e-3))
         ours = time.perf_counter() - t
         s = m.score(x).mean(0)
         ours_acc = pairwise_accuracy(s[va.a], s[va.b], va.y)

@@ -30,7 +30,7 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--epochs", type=int, default=30, show_default=True, help="At most; early stopping on validation.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Pairs per step (default: adapts to the data, n/16 within 16..1024).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Decoupled (AdamW) weight decay.")
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
