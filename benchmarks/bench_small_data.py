@@ -16,6 +16,8 @@ prompts held out for early stopping by every method that stops early.
 
 Reported: each fold's held-out pairwise accuracy, the 5-fold mean, and a paired
 bootstrap 95% interval of (embrm BT - best reference) over the pooled held-out pairs.
+``--repeats R`` repeats the whole cross-validation with R subsets and splits (repeated
+k-fold), for sizes where one split's noise is as large as the differences.
 Needs scikit-learn (a benchmark-only dependency) and ../shared/data/hh-rlhf.
 """
 from __future__ import annotations
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--methods", default="bt,clf,linear,seed-bt-mlp,logistic")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="repeated k-fold: each repeat a new subset and split")
     ap.add_argument("--json", default="small_data.json")
     a = ap.parse_args()
     if not HH.exists():
@@ -150,27 +153,29 @@ def main() -> None:
     rows, out = [], {"pairs": n_all, "model": r.model_name, "sizes": {}}
     for size in a.sizes.split(","):
         n = n_all if size == "all" else int(size)
-        subset = np.sort(np.random.default_rng(a.seed).permutation(n_all)[:n])
-        fold = folds_by_prompt(prompt[subset], a.folds, a.seed)
         per: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-        for f in range(a.folds):
-            test_idx = subset[fold == f]
-            tr_idx, va_idx = split_train_val(subset[fold != f], prompt, a.seed + f)
-            tr, va = random_order(tr_idx, prompt, a.seed + f), random_order(va_idx, prompt, a.seed + 100 + f)
-            te = random_order(test_idx, prompt, a.seed + 200 + f)
-            for m in methods:
-                t = time.perf_counter()
-                if m in ("bt", "clf", "linear"):
-                    model = train(x, tr, va, TrainConfig(method=m, ensemble=a.members, seed=a.seed + f))
-                    s = aggregate(model.score(x), "mean")
-                elif m == "seed-bt-mlp":
-                    s = seed_bt_mlp(x, tr, va, a.seed + f)
-                else:
-                    full = random_order(np.concatenate([tr_idx, va_idx]), prompt, a.seed + f)
-                    s = logistic_diff(x, full)
-                per[m].append(correct(s, te))
-                print(f"  n={n} fold {f} {m:12s} acc {per[m][-1].mean():.3f} ({time.perf_counter() - t:.1f} s)",
-                      flush=True)
+        for rep in range(a.repeats):  # repeated k-fold: another subset and another fold split each time
+            seed = a.seed + 1000 * rep
+            subset = np.sort(np.random.default_rng(seed).permutation(n_all)[:n])
+            fold = folds_by_prompt(prompt[subset], a.folds, seed)
+            for f in range(a.folds):
+                test_idx = subset[fold == f]
+                tr_idx, va_idx = split_train_val(subset[fold != f], prompt, seed + f)
+                tr, va = random_order(tr_idx, prompt, seed + f), random_order(va_idx, prompt, seed + 100 + f)
+                te = random_order(test_idx, prompt, seed + 200 + f)
+                for m in methods:
+                    t = time.perf_counter()
+                    if m in ("bt", "clf", "linear"):
+                        model = train(x, tr, va, TrainConfig(method=m, ensemble=a.members, seed=seed + f))
+                        s = aggregate(model.score(x), "mean")
+                    elif m == "seed-bt-mlp":
+                        s = seed_bt_mlp(x, tr, va, seed + f)
+                    else:
+                        full = random_order(np.concatenate([tr_idx, va_idx]), prompt, seed + f)
+                        s = logistic_diff(x, full)
+                    per[m].append(correct(s, te))
+                    print(f"  n={n} repeat {rep} fold {f} {m:12s} acc {per[m][-1].mean():.3f} "
+                          f"({time.perf_counter() - t:.1f} s)", flush=True)
         accs = {m: [float(c.mean()) for c in per[m]] for m in methods}
         means = {m: float(np.mean(accs[m])) for m in methods}
         refs = [m for m in ("seed-bt-mlp", "logistic") if m in methods]
@@ -187,8 +192,8 @@ def main() -> None:
         rows.append(row)
     print()
     print(machine_line())
-    print(f"# HH-RLHF harmless-base test, {n_all} pairs, {a.folds}-fold prompt-disjoint CV; {r.model_name}; "
-          f"embrm ensembles of {a.members} with default settings; mean held-out pairwise accuracy")
+    print(f"# HH-RLHF harmless-base test, {n_all} pairs, {a.folds}-fold prompt-disjoint CV x {a.repeats}; "
+          f"{r.model_name}; embrm ensembles of {a.members} with default settings; mean held-out pairwise accuracy")
     print(table(rows))
     print(f"wrote {write_json(a.json, out)}")
 

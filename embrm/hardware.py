@@ -6,12 +6,20 @@ arrays does not pay for importing transformers or LanceDB (seconds on a small ma
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16)."""
+    """True where the CPU has native bf16 matmul (AMX or AVX512-BF16) and torch may use it.
+
+    ``ATEN_CPU_CAPABILITY`` set to ``avx2`` (or lower) restricts torch's kernels to that
+    instruction set, as on an AVX2-only machine: bf16 is then emulated, so the answer is
+    no. This is also how the benchmarks stand in for such a machine on a newer CPU.
+    """
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx", "avx2", "zvector"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
