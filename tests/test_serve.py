@@ -449,3 +449,13 @@ def test_extract_through_the_server_gives_the_local_hashes_and_entry(server, tmp
                                atol=2e-5)
     res = r.invoke(cli, ["extract", "--dataset", str(data), "--server", server.url, "--pooling", "mean"])
     assert res.exit_code == 2 and "--pooling" in res.output
+
+
+def test_serve_without_its_extra_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # what an install without embrm[serve] looks like
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    res = CliRunner().invoke(cli, ["serve", "--store", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "pip install 'embrm[serve]'" in res.output and res.output.count("\n") == 1

@@ -34,11 +34,16 @@ from embrm.options import store_option
               default="warning", show_default=True)
 def serve_cmd(**kw: Any) -> None:
     """Serve embeddings from the store, computing misses with the model (OpenAI-compatible)."""
+    import importlib.util
     import logging
     import socket
     import sys
 
     from embrm.errors import EmbrmError
+
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EmbrmError(f"embrm serve needs {', '.join(missing)}: `pip install 'embrm[serve]'`")
     from embrm.extractor.cli import embedding_spec
     from embrm.options import quiet_third_party
     from embrm.serve.app import Limits
