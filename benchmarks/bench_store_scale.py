@@ -25,16 +25,31 @@ from embrm.store import item_key, open_store
 from _common import machine_line, table, write_json
 
 LOAD = """
-import json, resource, sys, time, numpy as np
+import json, sys, time, numpy as np
 from embrm.store import open_store
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # MB
+
 store = open_store(sys.argv[1])
+store.entries()  # imports paid, as in any trainer
+# a first touch of fresh memory costs several times a later one on a VM's guest memory;
+# np.load pays it once here, untimed, so that neither side of the comparison pays it
+np.load(sys.argv[2]).fill(0)
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # restart the peak (VmHWM) count here
 t = time.perf_counter(); emb = store.load("scale-model", "scale-data"); first = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter(); emb2 = store.load("scale-model", "scale-data"); again = time.perf_counter() - t
+peak = status("VmHWM")
 ok = bool(np.array_equal(emb.vectors[:1000], np.load(sys.argv[2], mmap_mode="r")[:1000]))
-print(json.dumps({"first": first, "again": again, "rss_before_mb": before / 1024, "peak_mb": peak / 1024,
-                  "bytes": emb.vectors.nbytes, "ok": ok}))
+del emb
+loads, nps = [first], []
+for _ in range(3):  # side by side: np.load and embrm's load alternate, each into fresh memory
+    t = time.perf_counter(); x = np.load(sys.argv[2]); nps.append(time.perf_counter() - t); del x
+    t = time.perf_counter(); e = store.load("scale-model", "scale-data"); loads.append(time.perf_counter() - t); del e
+print(json.dumps({"first": first, "loads": loads, "np_loads": nps, "rss_before_mb": before, "peak_mb": peak,
+                  "ok": ok}))
 """
 
 
@@ -51,6 +66,7 @@ def main() -> None:
     ap.add_argument("--json", default="store_scale.json")
     a = ap.parse_args()
     base = Path(a.dir or tempfile.mkdtemp(prefix="embrm-scale-"))
+    base.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(base / "store", ignore_errors=True)
     rng = np.random.default_rng(0)
     n, d = a.rows, a.dim
@@ -80,14 +96,10 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", LOAD, str(base / "store"), str(base / "x.npy")], capture_output=True,
                          text=True, check=True).stdout
     load = json.loads(out.strip().splitlines()[-1])
-    t = time.perf_counter()
-    np.load(base / "x.npy")
-    t_np = time.perf_counter() - t
-    t = time.perf_counter()
-    np.load(base / "x.npy")
-    t_np = min(t_np, time.perf_counter() - t)
-    res["load"] = {**load, "np_load_s": t_np}
-    print(f"  load {load['first']:.2f} s (again {load['again']:.2f} s), np.load {t_np:.2f} s", flush=True)
+    assert load["ok"], "loaded vectors differ from the array written"
+    t_np, t_load = min(load["np_loads"]), min(load["loads"])
+    res["load"] = {**load, "np_load_s": t_np, "load_s": t_load}
+    print(f"  load {t_load:.2f} s (first in the process {load['first']:.2f} s), np.load {t_np:.2f} s", flush=True)
     store = open_store(base / "store")
     ask = [keys[i] for i in rng.integers(0, n, 10_000)]
     t = time.perf_counter()
@@ -115,11 +127,11 @@ def main() -> None:
     table_rows = [
         {"figure": "write (rows table + 20 commits + finish)", "value": f"{t_rows + t_vec + t_finish:.1f} s",
          "target": "", "ratio": f"{n / (t_rows + t_vec + t_finish):,.0f} rows/s"},
-        {"figure": "load, fresh process", "value": f"{load['first']:.2f} s",
-         "target": "", "ratio": f"{t_np / load['first']:.2f}x np.load ({gb / load['first']:.2f} GB/s)"},
-        {"figure": "load again, same process", "value": f"{load['again']:.2f} s", "target": "",
-         "ratio": f"{t_np / load['again']:.2f}x np.load"},
-        {"figure": "np.load of the same array", "value": f"{t_np:.2f} s", "target": "",
+        {"figure": "load (best of 4, fresh process)", "value": f"{t_load:.2f} s", "target": ">= 0.5x np.load",
+         "ratio": f"{t_np / t_load:.2f}x np.load ({gb / t_load:.2f} GB/s)"},
+        {"figure": "load, first in the process", "value": f"{load['first']:.2f} s", "target": "",
+         "ratio": f"{t_np / load['first']:.2f}x np.load"},
+        {"figure": "np.load of the same array (best of 3)", "value": f"{t_np:.2f} s", "target": "",
          "ratio": f"{gb / t_np:.2f} GB/s"},
         {"figure": "peak memory of a load (process growth)", "value": f"{grow:,.0f} MB",
          "target": "<= 1.3x array", "ratio": f"{grow * 2**20 / x.nbytes:.2f}x the array"},

@@ -54,7 +54,13 @@ class Embeddings:
     reward: np.ndarray
     n_tokens: np.ndarray
     truncated: np.ndarray
-    item_key: list[str] = field(repr=False, default_factory=list)
+    keys: pa.Array | pa.ChunkedArray = field(repr=False, default_factory=lambda: pa.array([], pa.string()))
+
+    @property
+    def item_key(self) -> list[str]:
+        """The rows' item keys as Python strings (built on demand: a million of them cost
+        a tenth of a second that most trainers never need)."""
+        return self.keys.to_pylist()
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -197,7 +203,7 @@ def embeddings_of(rows: pa.Table, m: Materialised, e: Entry, layer: int) -> Embe
         reward=_f64(rows, "reward"),
         n_tokens=m.n_tokens,
         truncated=m.truncated,
-        item_key=rows.column("item_key").to_pylist(),
+        keys=rows.column("item_key"),
     )
 
 
@@ -214,9 +220,14 @@ def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.Chu
     from embrm.store.vectors import key_columns
 
     meta = key_columns(vds)
-    idx = pc.index_in(row_keys, value_set=meta.column("item_key").combine_chunks())
-    present = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-    src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]
+    stored = meta.column("item_key")
+    if len(stored) == len(row_keys) and stored.equals(row_keys):  # the table is in dataset order
+        present = np.ones(len(row_keys), bool)
+        src = np.arange(len(row_keys), dtype=np.int64)
+    else:
+        idx = pc.index_in(row_keys, value_set=stored.combine_chunks())
+        present = pc.is_valid(idx).to_numpy(zero_copy_only=False)
+        src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]
     n_tokens = meta.column("n_tokens").to_numpy()[src]
     truncated = meta.column("truncated").to_numpy(zero_copy_only=False)[src]
     vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src, cache)

@@ -5,9 +5,11 @@ export in :mod:`embrm.store.export`; this module owns the tables and their invar
 
 * every write is a Lance commit (atomic: a crash leaves the table at the previous
   version), done in chunks so a crash loses at most one chunk of work;
-* vectors are inserted with ``merge_insert`` on the item key under the table's commit
-  lock (:mod:`embrm.store.locks`), so a re-run, a resume or a second process writing the
-  same items never leaves a duplicate;
+* no item key is ever stored twice, whoever writes it: a re-run, a resume, a second
+  process. On a local disk new vectors are appended under the table's commit lock
+  (:mod:`embrm.store.locks`) after a check against the table's key index; on object
+  storage they go through ``merge_insert`` on the item key, which Lance checks against
+  concurrent writers because the key field carries its primary-key marker;
 * an entry is ``complete`` only when every row of its dataset has a vector.
 
 The seams every front end uses (the CLI's extraction loop, the service, the Ray
@@ -339,8 +341,34 @@ class Store:
         if have is not None and have.layers != info.layers:
             data = data.select(have.schema().names)
         with commit_lock(self.tables, name):
-            res = _merge(self.tables.get(name), "item_key", data)  # the latest version, under the lock
-        return int(res.get("num_inserted_rows", 0)) if isinstance(res, dict) else len(data)
+            ds = self.tables.get(name)  # the latest version, under the lock
+            if is_remote(self.uri):
+                res = _merge(ds, "item_key", data)
+                return int(res.get("num_inserted_rows", 0)) if isinstance(res, dict) else len(data)
+            return self._append_new(model_hash, ds, data)
+
+    def _append_new(self, model_hash: str, ds: lance.LanceDataset, data: pa.Table) -> int:
+        """Append the rows of ``data`` whose keys the table lacks (first occurrence of each),
+        in their given order. Only under the local commit lock, where nobody else commits:
+        the check and the append are then one step. Appending keeps a table in the order
+        its items were extracted (dataset order), so a load reads long runs straight into
+        place; ``merge_insert`` would reorder each commit."""
+        import lance
+
+        keys = data.column("item_key").to_pylist()
+        index, _ = self.key_index(model_hash)
+        with index.lock:
+            index.refresh(ds)
+            stored = index.lookup(keys)[0] >= 0
+        _, first = np.unique(np.array(keys, dtype=object), return_index=True)
+        keep = np.zeros(len(keys), bool)
+        keep[first] = True
+        keep &= ~stored
+        if not keep.any():
+            return 0
+        new = data.filter(pa.array(keep)).cast(ds.schema)
+        retry(lambda: lance.write_dataset(new, self.tables.path(S.vector_table(model_hash)), mode="append"))
+        return len(new)
 
     def write_vectors(self, model_hash: str, item_keys: list[str], vectors: Mapping[int, np.ndarray],
                       n_tokens: np.ndarray, truncated: np.ndarray, dtype: str = "float32") -> int:
@@ -404,8 +432,10 @@ class Store:
         name = S.vector_table(model_hash)
         with commit_lock(self.tables, name):
             ds = self.tables.get(name)
+            # on object stores there is no lock, and a plain append is not checked against a
+            # concurrent writer's inserts: there the rows always go through merge_insert
             clash = len(keys) - len(self.missing_keys(model_hash, keys))
-            if clash == 0:
+            if clash == 0 and not is_remote(self.uri):
                 retry(lambda: lance.LanceDataset.commit(self.tables.path(name), lance.LanceOperation.Append(frags),
                                                         read_version=ds.version,
                                                         storage_options=self.storage_options or None))
