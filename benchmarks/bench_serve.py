@@ -95,7 +95,8 @@ def offline(texts: list[dict], store: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--per-level", type=int, default=96, help="missing items per concurrency level")
+    ap.add_argument("--per-level", type=int, default=96, help="least missing items per concurrency level")
+    ap.add_argument("--list-items", type=int, default=8, help="items per request in the list-request scenario")
     ap.add_argument("--job-rows", type=int, default=600)
     ap.add_argument("--pull-rows", type=int, default=100_000)
     ap.add_argument("--json", default="serve.json")
@@ -107,9 +108,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(responses))
     levels = (1, 8, 32)
-    sets = [[responses[i] for i in order[k * a.per_level:(k + 1) * a.per_level]] for k in range(len(levels))]
-    job_texts = [{"prompt": rows[i]["prompt"], "response": rows[i]["response"]}
-                 for i in order[len(levels) * a.per_level:len(levels) * a.per_level + a.job_rows]]
+    # (clients, items per request, items): every item a miss, each scenario its own items;
+    # enough requests that each client sends ten or more
+    scenarios = [(c, 1, max(a.per_level, 10 * c)) for c in levels] + [(32, a.list_items, 40 * a.list_items)]
+    sets, at = [], 0
+    for _, _, n in scenarios:
+        sets.append([responses[i] for i in order[at:at + n]])
+        at += n
+    job_texts = [{"prompt": rows[i]["prompt"], "response": rows[i]["response"]} for i in order[at:at + a.job_rows]]
     results: list[dict] = []
     out: dict = {"levels": {}}
     with tempfile.TemporaryDirectory() as d:
@@ -122,19 +128,21 @@ def main() -> None:
         try:
             post(url + "/v1/embeddings", {"input": "warm up the model"})
             info = json.loads(urllib.request.urlopen(url + "/v1/info").read())
-            for level, texts in zip(levels, sets):
+            for (level, per, _), texts in zip(scenarios, sets):
                 before = _metrics(url)
-                wall, lat = load(url + "/v1/embeddings", [{"input": t} for t in texts], level)
+                reqs = [{"input": texts[i:i + per] if per > 1 else texts[i]} for i in range(0, len(texts), per)]
+                wall, lat = load(url + "/v1/embeddings", reqs, level)
                 after = _metrics(url)
-                tok = after["embrm_tokens_total"] - before["embrm_tokens_total"]
-                batch = (after["embrm_batch_items_sum"] - before["embrm_batch_items_sum"]) / max(
-                    1, after["embrm_batch_items_count"] - before["embrm_batch_items_count"])
-                row = {"what": "served misses", "concurrency": level, "items/s": len(texts) / wall,
-                       "tok/s": tok / wall, "p50 ms": 1e3 * np.median(lat), "p99 ms": 1e3 * np.quantile(lat, 0.99),
-                       "vs offline": tok / wall / off["tok_s"], "mean batch": batch}
+                d_ = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+                tok, fwd = d_["embrm_tokens_total"], d_["embrm_forward_seconds_total"]
+                row = {"what": "served misses" + (f", {per} items/request" if per > 1 else ""), "concurrency": level,
+                       "items/s": len(texts) / wall, "tok/s": tok / wall, "p50 ms": 1e3 * np.median(lat),
+                       "p99 ms": 1e3 * np.quantile(lat, 0.99), "vs offline": tok / wall / off["tok_s"],
+                       "mean batch": d_["embrm_batch_items_sum"] / max(1, d_["embrm_batch_items_count"]),
+                       "model busy": fwd / wall, "tok/s in forward calls": tok / fwd}
                 results.append(row)
-                out["levels"][f"miss_{level}"] = row
-            hit_items = [t for s in sets for t in s][:256]
+                out["levels"][f"miss_{level}" + (f"x{per}" if per > 1 else "")] = row
+            hit_items = [t for s_ in sets for t in s_][:256]
             for level in levels:
                 reqs = [{"input": hit_items, "encoding_format": "base64"}] * max(8, 4 * level)
                 wall, lat = load(url + "/v1/embeddings", reqs, level)
@@ -154,6 +162,10 @@ def main() -> None:
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
+        out["ceiling"] = _batch_ceiling(sets[2])
+        results.append({"what": "Embedder alone, 32-item batches", "concurrency": "-", "items/s": None,
+                        "tok/s": out["ceiling"]["batch_32"], "p50 ms": None, "p99 ms": None,
+                        "vs offline": out["ceiling"]["batch_32"] / off["tok_s"]})
         off_job = offline(job_texts, d / "offline-job")
         out["job"]["offline_tok_s"] = off_job["tok_s"]
         out["job"]["vs_offline"] = out["job"]["tok_s"] / off_job["tok_s"]
@@ -164,12 +176,28 @@ def main() -> None:
                         "tok/s": off_job["tok_s"], "p50 ms": None, "p99 ms": None, "vs offline": 1.0})
     print(machine_line())
     print(f"# embrm serve, {info['model']}, store on local disk; loopback clients in one Python process")
-    print(table(results, ["what", "concurrency", "items/s", "tok/s", "p50 ms", "p99 ms", "vs offline"],
-                floatfmt="{:,.2f}"))
+    print(table(results, ["what", "concurrency", "items/s", "tok/s", "p50 ms", "p99 ms", "vs offline", "mean batch",
+                          "model busy"], floatfmt="{:,.2f}"))
     p = out["pull"]
     print(f"entry pull: {p['mb_s']:.0f} MB/s over loopback, np.load {p['np_load_mb_s']:.0f} MB/s "
           f"({p['vs_np_load']:.2f}x)")
     print(f"wrote {write_json(a.json, {'results': results, **out})}")
+
+
+def _batch_ceiling(texts: list[str]) -> dict:
+    """tok/s of the Embedder itself (no server) on the concurrency-32 items, 32 at a time
+    (the most a forward call gets from 32 single-item clients) and all at once."""
+    from embrm.extractor.embedder import Embedder, EmbeddingSpec
+
+    emb = Embedder(EmbeddingSpec()).load()
+    emb.embed([""], ["warm up"])
+    res = {}
+    for name, size in (("batch_32", 32), ("all_at_once", len(texts))):
+        t, tok = time.perf_counter(), 0
+        for i in range(0, len(texts), size):
+            tok += emb.embed([""] * len(texts[i:i + size]), texts[i:i + size]).tokens
+        res[name] = tok / (time.perf_counter() - t)
+    return res
 
 
 def _metrics(url: str) -> dict[str, float]:
@@ -208,7 +236,8 @@ def _pull(url: str, d: Path, rows: int = 100_000, dim: int = 576) -> dict:
     store.finish_entry(mh, dh)
     np.save(d / "pull.npy", x)
     best_pull, best_np = np.inf, np.inf
-    for _ in range(3):
+    np.load(d / "pull.npy").fill(0)  # the first touch of fresh memory is paid untimed (it costs several times more)
+    for _ in range(5):
         t = time.perf_counter()
         emb = RemoteStore(url).load(mh, dh)
         best_pull = min(best_pull, time.perf_counter() - t)

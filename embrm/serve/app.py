@@ -26,6 +26,7 @@ from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.serve import wire
 from embrm.serve.errors import ApiError, error_body
+from embrm.serve.prefetch import prefetched
 from embrm.serve.worker import ONLINE, ItemVectors
 from embrm.store import item_key
 
@@ -352,7 +353,7 @@ def create_app(svc: Service) -> FastAPI:
                f'{limit}.{int(partial)}.{int(texts)}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
-        stream = wire.entry_stream(svc.store, e, layer, offset, limit, partial, texts)
+        stream = prefetched(wire.entry_stream(svc.store, e, layer, offset, limit, partial, texts))
         return StreamingResponse(stream, media_type=ARROW, headers={"ETag": etag})
 
     return app

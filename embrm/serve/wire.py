@@ -5,7 +5,6 @@ types and order as the store's own tables, and the client needs only pyarrow.
 """
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -73,6 +72,10 @@ def store_upload(store: Store, table: pa.Table, name: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ entry pulls
+PIECE = 1 << 20
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow IPC: continuation marker, zero length
+
+
 def entry_schema(e: Entry, texts: bool) -> pa.Schema:
     rows = S.ROW_SCHEMA
     fields = [rows.field(n) for n in ROW_COLUMNS + (TEXT_COLUMNS if texts else [])]
@@ -82,31 +85,11 @@ def entry_schema(e: Entry, texts: bool) -> pa.Schema:
     return pa.schema(fields, metadata={ENTRY_KEY: json.dumps(entry_json(e)).encode()})
 
 
-class _Drain(io.RawIOBase):
-    """A write-only file whose bytes are taken out after every batch."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.parts.append(bytes(b))
-        return len(b)
-
-    def take(self) -> bytes:
-        out, self.parts = b"".join(self.parts), []
-        return out
-
-
 def entry_stream(store: Store, e: Entry, layer: int | None, offset: int, limit: int | None, partial: bool,
-                 texts: bool, batch_size: int = 8192) -> Iterator[bytes]:
+                 texts: bool, batch_size: int = 8192) -> Iterator[bytes | memoryview]:
     """An entry's rows and vectors in dataset order as Arrow IPC bytes, a batch at a time."""
     schema = entry_schema(e, texts)
-    sink = _Drain()
-    writer = pa.ipc.new_stream(sink, schema)
-    yield sink.take()
+    yield schema.serialize().to_pybytes()  # the stream format is these messages back to back
     cols = ROW_COLUMNS[1:] + (TEXT_COLUMNS if texts else [])
     for b in store.iter_entry(e.model_hash, e.dataset_hash, layer=layer, batch_size=batch_size, columns=cols,
                               allow_partial=partial, offset=offset, limit=limit):
@@ -114,10 +97,10 @@ def entry_stream(store: Store, e: Entry, layer: int | None, offset: int, limit: 
         arrays = [b.rows.column(n) for n in ROW_COLUMNS + (TEXT_COLUMNS if texts else [])]
         arrays += [pa.array(b.n_tokens, pa.int32()), pa.array(b.truncated, pa.bool_()),
                    pa.FixedSizeListArray.from_arrays(flat, e.dim)]
-        writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-        yield sink.take()
-    writer.close()
-    yield sink.take()
+        msg = memoryview(pa.RecordBatch.from_arrays(arrays, schema=schema).serialize())
+        for s in range(0, len(msg), PIECE):  # socket-sized pieces stay in cache through each copy
+            yield msg[s:s + PIECE]
+    yield END_OF_STREAM
 
 
 # ------------------------------------------------------------ native embed

@@ -211,27 +211,40 @@ def _f64(rows: pa.Table | pa.RecordBatch, name: str) -> np.ndarray:
     return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
+def row_sources(vds: lance.LanceDataset, row_keys: pa.ChunkedArray | pa.Array
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row key: its row offset in vector table ``vds`` (-1 where it has no vector),
+    token count and truncation flag. One scan of the table's keys; when the table holds
+    exactly the rows' keys in the same order (an entry extracted into a fresh table), the
+    offsets are 0..n-1 with no join at all."""
+    from embrm.store.vectors import key_columns
+
+    meta = key_columns(vds)
+    stored = meta.column("item_key")
+    if len(stored) == len(row_keys) and stored.equals(row_keys):
+        src = np.arange(len(row_keys), dtype=np.int64)
+        return src, meta.column("n_tokens").to_numpy(), meta.column("truncated").to_numpy(zero_copy_only=False)
+    idx = pc.index_in(row_keys, value_set=stored.combine_chunks())
+    src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    present = src >= 0
+    n_tokens = np.zeros(len(src), np.int32)
+    truncated = np.zeros(len(src), bool)
+    n_tokens[present] = meta.column("n_tokens").to_numpy()[src[present]]
+    truncated[present] = meta.column("truncated").to_numpy(zero_copy_only=False)[src[present]]
+    return src, n_tokens, truncated
+
+
 def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.ChunkedArray,
                  cache: dict | None = None) -> Materialised:
     """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order.
 
     Keys and vectors are read from the same table version, so row offsets agree."""
     from embrm.store.scan import read_column_rows
-    from embrm.store.vectors import key_columns
 
-    meta = key_columns(vds)
-    stored = meta.column("item_key")
-    if len(stored) == len(row_keys) and stored.equals(row_keys):  # the table is in dataset order
-        present = np.ones(len(row_keys), bool)
-        src = np.arange(len(row_keys), dtype=np.int64)
-    else:
-        idx = pc.index_in(row_keys, value_set=stored.combine_chunks())
-        present = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-        src = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)[present]
-    n_tokens = meta.column("n_tokens").to_numpy()[src]
-    truncated = meta.column("truncated").to_numpy(zero_copy_only=False)[src]
-    vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src, cache)
-    return Materialised(vectors, n_tokens, truncated, present)
+    src, n_tokens, truncated = row_sources(vds, row_keys)
+    present = src >= 0
+    vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src[present], cache)
+    return Materialised(vectors, n_tokens[present], truncated[present], present)
 
 
 def iter_entry(store: Store, model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
@@ -239,25 +252,30 @@ def iter_entry(store: Store, model: str, dataset: str, layer: int | None = None,
                limit: int | None = None) -> Iterator[EntryBatch]:
     """Stream an entry in dataset order: rows, their vectors and metadata, ``batch_size``
     rows at a time (rows ``offset`` to ``offset + limit`` of the dataset order). Memory is
-    bounded by the batch size (plus the store's key index of the model, ~40 bytes a
-    stored vector), never by the entry's size.
+    bounded by the batch size plus 13 bytes a row of the dataset (where each row's vector
+    lies, found by one scan of the keys up front), never by the vectors' size.
     """
+    from embrm.store.scan import read_column_rows
+
     e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
     cols = columns if columns is not None else ROW_COLUMNS
     if "item_key" not in cols:
         cols = ["item_key", *cols]
+    vds = store.tables.get(S.vector_table(e.model_hash))  # one version for the map and the reads
+    src, n_tokens, truncated = row_sources(vds, store.dataset_rows(e.dataset_hash, ["item_key"]).column("item_key"))
+    if not allow_partial and (src < 0).any():
+        raise EmbrmError(f"{int((src < 0).sum())} rows of {e.dataset_name} have no vector under "
+                         f"{e.model_name}; re-run the extraction")
+    cache = store.key_index(e.model_hash)[1]
+    at = offset
     for batch in store.iter_dataset_rows(e.dataset_hash, cols, batch_size, offset, limit):
-        keys = batch.column("item_key").to_pylist()
-        got = store.get_vectors(e.model_hash, keys, [layer])
-        if not got.found.all():
-            if not allow_partial:
-                raise EmbrmError(f"{int((~got.found).sum())} rows of {e.dataset_name} have no vector under "
-                                 f"{e.model_name}; re-run the extraction")
-            keep = pa.array(got.found)
-            yield EntryBatch(batch.filter(keep), got.vectors[layer][got.found], got.n_tokens[got.found],
-                             got.truncated[got.found])
-            continue
-        yield EntryBatch(batch, got.vectors[layer], got.n_tokens, got.truncated)
+        part = slice(at, at + len(batch))
+        at += len(batch)
+        found = src[part] >= 0
+        vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src[part][found], cache)
+        if not found.all():
+            batch = batch.filter(pa.array(found))
+        yield EntryBatch(batch, vectors, n_tokens[part][found], truncated[part][found])
 
 
 def cache_path_for(store: Store, model: str, dataset: str, layer: int) -> Path:
