@@ -94,3 +94,17 @@ def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def gemm_flops(m: int, k: int, n: int, dtype: Any, reps: int = 10, warmup: int = 2) -> float:
+    """FLOP/s of an (m, k) x (k, n) matmul in torch ``dtype`` on the CPU (imports torch
+    only when called, so store benchmarks stay light)."""
+    import torch
+
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(warmup):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t)

@@ -23,20 +23,9 @@ from embrm.extractor.formatting import encode_batch
 from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_model
 from embrm.store import open_store
 
-from _common import machine_line, table, write_json
+from _common import gemm_flops, machine_line, table, write_json
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-
-
-def matmul_flops(dtype: torch.dtype, m: int = 2048, k: int = 576, n: int = 1536, reps: int = 20) -> float:
-    a = torch.randn(m, k, dtype=dtype)
-    b = torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * m * k * n * reps / (time.perf_counter() - t)
 
 
 def flops_per_token(model, seq: float) -> float:
@@ -105,7 +94,7 @@ def main() -> None:
             vecs[dtype] = open_store(f"{d}/s").load(r.model_hash, r.dataset_hash).vectors
     mean_len = real_tokens / len(enc)
     fpt = flops_per_token(load_pretrained(src, "AutoModel", "float32", "cpu"), mean_len)
-    peak = {"float32": matmul_flops(torch.float32), "bfloat16": matmul_flops(torch.bfloat16)}
+    peak = {dt: gemm_flops(2048, 576, 1536, getattr(torch, dt), reps=20, warmup=3) for dt in ("float32", "bfloat16")}
     for dt, f in peak.items():
         res[f"(d) roofline {dt}"] = {"tok_s": f / fpt, "matmul_gflops": f / 1e9, "note": f"{fpt / 1e6:.0f} MFLOP/token"}
 

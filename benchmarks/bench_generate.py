@@ -28,7 +28,7 @@ from embrm.options import quiet_third_party
 from embrm.pipeline.generate import load_prompts
 from embrm.pipeline.sampling import sample_responses, stop_ids
 
-from _common import machine_line, table, write_json
+from _common import gemm_flops, machine_line, table, write_json
 
 
 def bandwidth(gb: float = 1.0, reps: int = 3) -> float:
@@ -40,16 +40,6 @@ def bandwidth(gb: float = 1.0, reps: int = 3) -> float:
         np.copyto(b, a)
         best = min(best, time.perf_counter() - t)
     return 2 * a.nbytes / best  # read + write
-
-
-def gemm_flops(m: int, k: int, n: int, dtype: torch.dtype, reps: int = 10) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * m * k * n * reps / (time.perf_counter() - t)
 
 
 def count(rows: list[list[int]]) -> int:

@@ -120,10 +120,12 @@ def _data_files(store: Path, model_hash: str) -> set[str]:
 
 
 def test_sigkill_of_the_driver_then_a_rerun_has_every_item_once_and_gc_removes_orphans(tmp_path, tiny_model):
-    data = _data(tmp_path / "d.jsonl", 240, new=1200)  # 1,320 distinct items: six actor calls
+    # 1,320 distinct items; one worker, so results come one task (330 items) at a time: the
+    # first commit follows the second result, and the third waits uncommitted for the fourth
+    data = _data(tmp_path / "d.jsonl", 240, new=1200)
     store = tmp_path / "store"
     args = ["--dataset", str(data), "--store", str(store), "--model", str(tiny_model), "--dtype", "float32",
-            "--num-workers", "2", "--commit-rows", "500", "--commit-seconds", "600"]
+            "--num-workers", "1", "--commit-rows", "500", "--commit-seconds", "600"]
     p = _driver(args)
     deadline = time.monotonic() + 240
     mh = orphans = None
@@ -212,3 +214,14 @@ finally:
     out, err = _finish(p)
     got = json.loads(out.strip().splitlines()[-1])
     assert got["rows"] == 90 and got["sum"] == pytest.approx(float(full.vectors.sum()), rel=1e-5), err[-2000:]
+
+
+def test_small_jobs_are_cut_into_enough_tasks_for_every_worker():
+    from embrm.extractor.engines.ray import TASK_ROWS, task_rows
+
+    assert task_rows(600, 2) == 75  # 8 tasks: neither of 2 workers waits on the other's third task
+    assert task_rows(1_000_000, 8) == TASK_ROWS
+    assert task_rows(10, 4) == 16
+    for n, w in ((600, 2), (5000, 3), (17, 1)):
+        size = task_rows(n, w)
+        assert -(-n // size) >= min(4 * w, -(-n // 16))

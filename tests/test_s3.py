@@ -24,7 +24,6 @@ HERE = Path(__file__).parent
 pytest.importorskip("moto")
 
 
-
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, **kw)
 
@@ -91,6 +90,16 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
     store = open_store(s3.uri)
     assert [x.dataset_name for x in store.entries()] == ["rw"]
     assert len(store.cached_keys(e.model_hash)) == 80  # only the training entry's vectors are left
+
+
+def test_the_server_refuses_a_second_conditional_put(s3):
+    """Lance commits a version with a conditional put of its manifest; concurrent writers
+    are safe only where the server honours ``If-None-Match: *``, as this one must."""
+    c = s3.client("s3")
+    c.put_object(Bucket="embrm", Key="cond/x", Body=b"1", IfNoneMatch="*")
+    with pytest.raises(Exception, match="PreconditionFailed"):
+        c.put_object(Bucket="embrm", Key="cond/x", Body=b"2", IfNoneMatch="*")
+    assert c.get_object(Bucket="embrm", Key="cond/x")["Body"].read() == b"1"
 
 
 def test_two_concurrent_writers_on_s3_leave_no_duplicates(s3):

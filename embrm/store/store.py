@@ -434,8 +434,12 @@ class Store:
             ds = self.tables.get(name)
             # on object stores there is no lock, and a plain append is not checked against a
             # concurrent writer's inserts: there the rows always go through merge_insert
-            clash = len(keys) - len(self.missing_keys(model_hash, keys))
-            if clash == 0 and not is_remote(self.uri):
+            if not is_remote(self.uri):  # the key index reads only fragments new since the last commit
+                index, _ = self.key_index(model_hash)
+                with index.lock:
+                    index.refresh(ds)
+                    clash = int((index.lookup(keys.to_pylist())[0] >= 0).sum())
+            if not is_remote(self.uri) and clash == 0:
                 retry(lambda: lance.LanceDataset.commit(self.tables.path(name), lance.LanceOperation.Append(frags),
                                                         read_version=ds.version,
                                                         storage_options=self.storage_options or None))

@@ -168,6 +168,13 @@ class EmbedActor:
         return pa.table(out)
 
 
+def task_rows(n_items: int, num_workers: int) -> int:
+    """Items per Ray task: ``TASK_ROWS``, or fewer when that would leave fewer than four
+    tasks a worker (600 items in tasks of 256 kept one of two workers busy with two thirds
+    of them); at least 16, so a task still fills a token-budget batch."""
+    return int(max(16, min(TASK_ROWS, -(-n_items // (4 * num_workers)))))
+
+
 def first_offsets(store: Store, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
     """Offsets (in the rows table) of the first row of every missing item, and how many
     rows repeat an item seen earlier (deduplicated before dispatch)."""
@@ -218,7 +225,8 @@ def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None
         offsets, repeats = first_offsets(store, plan)
         n_rows_missing = len(offsets) + repeats
         rows_version = store.tables.get(S.dataset_table(data.dataset_hash)).version
-        chunks = [{"offsets": offsets[s:s + TASK_ROWS].tolist()} for s in range(0, len(offsets), TASK_ROWS)]
+        task = task_rows(len(offsets), opts.num_workers)
+        chunks = [{"offsets": offsets[s:s + task].tolist()} for s in range(0, len(offsets), task)]
         kwargs = {"spec": {**asdict(spec), "layers": list(spec.layers)}, "device": device,
                   "batch_tokens": cfg.run.batch_tokens, "store_uri": store.uri, "model_hash": plan.model_hash,
                   "dataset_hash": data.dataset_hash, "rows_version": rows_version}
