@@ -356,10 +356,7 @@ class Store:
         import lance
 
         keys = data.column("item_key").to_pylist()
-        index, _ = self.key_index(model_hash)
-        with index.lock:
-            index.refresh(ds)
-            stored = index.lookup(keys)[0] >= 0
+        stored = self._stored(model_hash, ds, keys)
         _, first = np.unique(np.array(keys, dtype=object), return_index=True)
         keep = np.zeros(len(keys), bool)
         keep[first] = True
@@ -369,6 +366,14 @@ class Store:
         new = data.filter(pa.array(keep)).cast(ds.schema)
         retry(lambda: lance.write_dataset(new, self.tables.path(S.vector_table(model_hash)), mode="append"))
         return len(new)
+
+    def _stored(self, model_hash: str, ds: lance.LanceDataset, keys: list[str]) -> np.ndarray:
+        """Which ``keys`` table version ``ds`` stores, by the key index (which reads only the
+        fragments added since it last looked, so a commit's check costs its own keys)."""
+        index, _ = self.key_index(model_hash)
+        with index.lock:
+            index.refresh(ds)
+            return index.lookup(keys)[0] >= 0
 
     def write_vectors(self, model_hash: str, item_keys: list[str], vectors: Mapping[int, np.ndarray],
                       n_tokens: np.ndarray, truncated: np.ndarray, dtype: str = "float32") -> int:
@@ -434,12 +439,7 @@ class Store:
             ds = self.tables.get(name)
             # on object stores there is no lock, and a plain append is not checked against a
             # concurrent writer's inserts: there the rows always go through merge_insert
-            if not is_remote(self.uri):  # the key index reads only fragments new since the last commit
-                index, _ = self.key_index(model_hash)
-                with index.lock:
-                    index.refresh(ds)
-                    clash = int((index.lookup(keys.to_pylist())[0] >= 0).sum())
-            if not is_remote(self.uri) and clash == 0:
+            if not is_remote(self.uri) and not self._stored(model_hash, ds, keys.to_pylist()).any():
                 retry(lambda: lance.LanceDataset.commit(self.tables.path(name), lance.LanceOperation.Append(frags),
                                                         read_version=ds.version,
                                                         storage_options=self.storage_options or None))
