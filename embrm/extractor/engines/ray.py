@@ -25,6 +25,7 @@ import os
 import secrets
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -99,10 +100,8 @@ def start_ray(opts: RayOptions) -> Any:
         check_address(opts.address)
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # a late Ray call never starts a second cluster
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     check_ray()
     import logging
-    import warnings
 
     # Ray starts its processes with fork + exec; lance's fork warning does not apply
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
@@ -230,10 +229,16 @@ def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None
         kwargs = {"spec": {**asdict(spec), "layers": list(spec.layers)}, "device": device,
                   "batch_tokens": cfg.run.batch_tokens, "store_uri": store.uri, "model_hash": plan.model_hash,
                   "dataset_hash": data.dataset_hash, "rows_version": rows_version}
-        results = ray.data.from_items(chunks).map_batches(
-            EmbedActor, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=opts.num_workers), num_cpus=opts.cpus_per_worker,
-            num_gpus=opts.gpus_per_worker or None)
+        with warnings.catch_warnings():
+            # max_restarts=0: a dead worker fails the run (whose rerun computes only what is
+            # missing) instead of Ray restarting an actor from arguments it may have lost,
+            # which it warns about on stderr. Ray 2.60 takes it only as a (deprecated)
+            # free-form remote argument; no named parameter exists yet.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            results = ray.data.from_items(chunks).map_batches(
+                EmbedActor, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=min(opts.num_workers, len(chunks))),  # no idle actors
+                num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None, max_restarts=0)
         bar = progress_bar(len(offsets), "extract (ray)", cfg.run.quiet, unit="item")
         computed = tokens = 0
         pending: list[str] = []
