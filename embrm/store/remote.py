@@ -72,10 +72,7 @@ def explain(e: BaseException, uri: str) -> EmbrmError | None:
 def pyarrow_s3_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The same configuration for pyarrow's S3 filesystem (listing a prefix in ``gc``)."""
     ep = opts.get("aws_endpoint") or endpoint()
-    out: dict[str, Any] = {}
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        out.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    out: dict[str, Any] = {}  # credentials: the AWS SDK under pyarrow reads them from the environment itself
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         out["region"] = region
