@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="300,600,1200,all")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--members", type=int, default=3)
-    ap.add_argument("--methods", default="bt,clf,linear,seed-bt-mlp,logistic")
+    ap.add_argument("--methods", default="bt,clf,linear,seed-bt-mlp,logistic",
+                    help="embrm methods take a learning rate after @, e.g. bt@1e-3")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="repeated k-fold: each repeat a new subset and split")
     ap.add_argument("--json", default="small_data.json")
@@ -165,8 +167,10 @@ def main() -> None:
                 te = random_order(test_idx, prompt, seed + 200 + f)
                 for m in methods:
                     t = time.perf_counter()
-                    if m in ("bt", "clf", "linear"):
-                        model = train(x, tr, va, TrainConfig(method=m, ensemble=a.members, seed=seed + f))
+                    if m.split("@")[0] in ("bt", "clf", "linear"):  # "bt@1e-3": BT with that learning rate
+                        method, _, lr = m.partition("@")
+                        cfg = TrainConfig(method=method, ensemble=a.members, seed=seed + f)
+                        model = train(x, tr, va, replace(cfg, lr=float(lr)) if lr else cfg)
                         s = aggregate(model.score(x), "mean")
                     elif m == "seed-bt-mlp":
                         s = seed_bt_mlp(x, tr, va, seed + f)
