@@ -25,3 +25,24 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA where torch sees it, else MPS, else the CPU; a device asked for and
+    absent is an error. One rule for extraction, generation, annotation and training
+    (torch is imported only when called)."""
+    import torch
+
+    from embrm.errors import EmbrmError
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EmbrmError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if device not in ("cpu", "cuda", "mps"):
+        raise EmbrmError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    return device

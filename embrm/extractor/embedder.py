@@ -21,11 +21,11 @@ from embrm.extractor.models import (
     ModelSource,
     load_pretrained,
     load_tokenizer,
-    resolve_device,
     resolve_dtype,
     resolve_model,
 )
 from embrm.extractor.pooling import POOLINGS
+from embrm.hardware import resolve_device
 from embrm.store.keys import ModelFingerprint
 
 CPU_BATCH_TOKENS = 2048  # padded tokens per forward batch; measured best on the 2-core dev CPU

@@ -122,22 +122,6 @@ def _hub_commit(repo: str, revision: str | None) -> str:
                      "pass a local directory or .gguf file with --model")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EmbrmError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    if device not in ("cpu", "cuda", "mps"):
-        raise EmbrmError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
-    return device
-
-
 def resolve_dtype(dtype: str, device: str) -> str:
     """The compute dtype. ``auto`` picks bfloat16 on CUDA (float16 where bf16 is
     unsupported) and on CPUs with native bf16 matmul (about 4.8x the fp32 FLOP/s on the

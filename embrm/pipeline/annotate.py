@@ -64,7 +64,8 @@ class SequenceClassifierScorer:
     """A Hugging Face reward model: AutoModelForSequenceClassification."""
 
     def __init__(self, source: str, cfg: AnnotateConfig):
-        from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+        from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_dtype, resolve_model
+        from embrm.hardware import resolve_device
 
         src = resolve_model(source)  # pins the weights (hash or commit) and checks the path
         self.name = f"{src.name}@{src.weights[:12]}"

@@ -66,7 +66,8 @@ def generate(cfg: GenerateConfig, on_batch: Callable[[int], None] | None = None)
     """Generate and write the dataset; returns counts. Safe to kill and re-run."""
     import torch
 
-    from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_device, resolve_dtype, resolve_model
+    from embrm.extractor.models import load_pretrained, load_tokenizer, resolve_dtype, resolve_model
+    from embrm.hardware import resolve_device
     from embrm.pipeline.sampling import sample_responses
 
     if cfg.k < 1 or cfg.max_new_tokens < 1:

@@ -17,6 +17,7 @@ the same settings (``benchmarks/bench_generate.py``).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -57,8 +58,6 @@ def sample_responses(model: Any, tok: Any, input_ids: torch.Tensor, attention_ma
     eos = torch.tensor(stop_ids(tok, model), dtype=torch.long, device=input_ids.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else int(eos[0])
     cache = DynamicCache()
-    import inspect
-
     # transformers renamed `past_key_values` to `cache` (the old name is deprecated from 5.x)
     ckw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     pos = (attention_mask.cumsum(1) - 1).clamp(min=0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
-from embrm.hardware import cpu_has_fast_bf16
+from embrm.hardware import cpu_has_fast_bf16, resolve_device
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
@@ -57,7 +57,7 @@ class TrainConfig:
     bf16: bool | None = None  # None: where the CPU has native bf16 matmul
     member_group: int = 0  # members per batched matmul; 0: as many as fit the CPU cache
     lgbm_rounds: int = 500
-    device: str = "auto"  # auto: cuda where torch sees one, else cpu
+    device: str = "auto"  # auto: cuda, else mps, where torch sees one; else cpu (hardware.resolve_device)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -138,15 +138,6 @@ def check_embeddings(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray | to
     return x
 
 
-def train_device(device: str) -> str:
-    """``auto``: the GPU where torch sees one; a GPU asked for and absent is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EmbrmError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return device
-
-
 def _use_bf16(flag: bool | None, device: str = "cpu") -> bool:
     """bf16 matmuls where they are native: a CPU with AMX/AVX512-BF16, a GPU that has them."""
     if flag is not None:
@@ -215,7 +206,7 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     if cfg.method == "lgbm":
         return _train_lgbm(x, train_pairs, val_pairs, cfg)
     torch.manual_seed(cfg.seed)
-    device = train_device(cfg.device)
+    device = resolve_device(cfg.device)
     hidden = () if cfg.method == "linear" else cfg.hidden
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear").to(device)
     params = [p for p in net.parameters() if p.requires_grad]

@@ -2,15 +2,16 @@
 
 Every trainer goes through :func:`load`, so it has to be close to ``np.load`` speed:
 
-* **The read never touches Python objects.** The layer column is scanned in record
-  batches; each FixedSizeList batch is viewed as its flat float buffer and copied (or
-  scattered, when the table's order differs from the dataset's) straight into one
-  preallocated array.
+* **One scan maps rows to vectors** (:func:`row_sources`): each dataset row's offset in
+  the vector table, with no join at all when the table holds the dataset's keys in order.
+* **The read never touches Python objects.** :func:`embrm.store.scan.read_column_rows`
+  reads the vector pages of a local store straight into one preallocated array (Lance's
+  reader in small batches elsewhere).
 * **An optional local materialisation** (:mod:`embrm.store.cache`), keyed by the tables'
-  versions, makes a repeat load one ``np.load``.
+  versions, makes a repeat load one ``np.load`` (or a memory map).
 
 :func:`iter_entry` streams an entry in dataset order with memory bounded by the batch
-size, for scoring or evaluating entries larger than memory.
+size plus 13 bytes a row, for scoring, exporting and serving entries larger than memory.
 """
 from __future__ import annotations
 

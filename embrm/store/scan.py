@@ -124,8 +124,9 @@ def read_rows(pages: Pages, rows: np.ndarray, out: np.ndarray) -> None:
     starts = np.r_[0, brk]
     ends = np.r_[brk, len(sr)]
     flat = out.reshape(len(out), -1).view(np.uint8)
-    # a run whose rows are also consecutive in ``out`` (merge_insert reorders a commit in
-    # large blocks, so nearly every run is) is read straight into place; others scatter
+    # a run whose rows are also consecutive in ``out`` is read straight into place (in a
+    # table appended in extraction order, every run); others, as in tables written by
+    # merge_insert (which stores a commit's rows in its own order), are scattered
     jumps = np.r_[0, np.cumsum(np.diff(order) != 1)]
     in_place = (jumps[ends - 1] == jumps[starts]).tolist()
     fds: dict[int, int] = {}
