@@ -59,6 +59,10 @@ class ChoiceList(click.ParamType):
         return out
 
 
+# Reward-model methods as the commands offer them: embrm.rm.trainer.METHODS, named here
+# so that listing the commands does not import torch (a test checks the two agree).
+METHODS = ("bt", "clf", "linear", "lgbm", "logreg", "logreg-clf")
+
 INTS = ListParam(int, "-1,-8,15")
 SIZES = ListParam(int, "1024,512", minimum=1)
 NS = ListParam(int, "1,2,5,10", minimum=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from embrm.options import NS, SIZES, store_option
+from embrm.options import METHODS, NS, SIZES, store_option
 
 STORE = store_option
 
@@ -17,7 +17,8 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.command("train")
 @click.option("--model-key", required=True, help="Model name, hash or hash prefix in the store.")
 @click.option("--dataset-key", required=True, help="Dataset name, hash or hash prefix in the store.")
-@click.option("--method", type=click.Choice(["bt", "clf", "linear", "lgbm"]), default="bt", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Model family [default: bt; with --tune: chosen among logreg, logreg-clf, linear, bt and clf].")
 @click.option("--ensemble", type=int, default=1, show_default=True, help="Members, trained together.")
 @click.option("--annotation-quality", type=float, default=-1.0, show_default=True,
               help="beta of the simulated annotator; negative means perfect.")
@@ -35,7 +36,12 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
               help="Decoupled (AdamW) weight decay.")
 @click.option("--patience", type=click.IntRange(min=1), default=3, show_default=True,
               help="Epochs without a better validation loss before stopping (after at least 200 steps).")
-@click.option("--tune", is_flag=True, help="Choose lr, weight decay and hidden size from a small grid first.")
+@click.option("--tune", is_flag=True,
+              help="Choose the family (or, with --method, its settings) by validation log-loss first.")
+@click.option("--standardize/--no-standardize", default=None,
+              help="Standardise features with training-split statistics [default: per method, see README].")
+@click.option("--l2", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="logreg's L2 penalty lambda [default: chosen on the validation split].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="Where to train (auto: a GPU where torch sees one).")
 @click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for validation.")
@@ -45,26 +51,29 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory to write.")
 @STORE
 def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pairs, pairs_per_prompt, diversity,
-              scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, device, val_frac, layer,
-              seed, bon, out, store_uri) -> None:
+              scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, standardize, l2, device,
+              val_frac, layer, seed, bon, out, store_uri) -> None:
     """Train a reward-model ensemble on stored embeddings."""
     from embrm.rm.experiment import DataConfig, table, train_from_store
     from embrm.rm.trainer import TrainConfig
     from embrm.store.cli import open_any
 
-    tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, weight_decay=weight_decay,
+    tc = TrainConfig(method=method or "bt", ensemble=ensemble, hidden=hidden, lr=lr, weight_decay=weight_decay,
                      batch_size=batch_size, max_epochs=epochs, patience=patience, bootstrap=bootstrap, seed=seed,
-                     device=device)
+                     device=device, standardize=standardize, l2=l2)
     dc = DataConfig(pairs=pairs, pairs_per_prompt=pairs_per_prompt, diversity=diversity,
                     annotation_quality=annotation_quality, scale=scale, val_frac=val_frac, seed=seed)
     model, metrics = train_from_store(open_any(store_uri), model_key, dataset_key, tc, dc,
-                                      Path(out) if out else None, layer, ns_list(bon), tune=tune)
+                                      Path(out) if out else None, layer, ns_list(bon), tune=tune,
+                                      families=(method,) if method else None)
     if tune:
-        c = metrics["tune"]["chosen"]
-        click.echo(f"tuned over {len(metrics['tune']['grid'])} settings: lr {c['lr']:g}, weight decay "
-                   f"{c['weight_decay']:g}, hidden {','.join(map(str, c['hidden'])) or '-'}")
-    click.echo(f"trained {method} x{ensemble} on {metrics['train_pairs']} pairs in {model.log.seconds:.1f} s "
-               f"({model.log.epochs} epochs, batch {model.log.batch_size}); validation ({metrics['val_pairs']} pairs):")
+        click.echo(metrics["tune"]["summary"])
+    log, done = model.log, model.config
+    how = (f"lambda {done.l2:.3g}, {log.steps} Newton steps" if done.l2 is not None
+           else f"{log.epochs} epochs, batch {log.batch_size}")
+    click.echo(f"trained {done.method} x{done.ensemble}{' standardised' if done.standardize else ''} on "
+               f"{metrics['train_pairs']} pairs in {log.seconds:.1f} s ({how}); validation "
+               f"({metrics['val_pairs']} pairs{', from the fit before its refit' if model.validation_model else ''}):")
     click.echo(table(metrics))
     if out:
         click.echo(f"wrote {out}/")

@@ -18,8 +18,11 @@ from embrm.rm.metrics import AGGREGATIONS, aggregate, expected_calibration_error
 from embrm.rm.pairs import Pairs, build_pairs, split_prompts
 from embrm.rm.plots import bon_curves, calibration
 from embrm.rm.run import load_run, save_run, write_json
-from embrm.rm.trainer import RewardModel, TrainConfig, train
+from embrm.rm.trainer import RewardModel, TrainConfig, config_dict, train
 from embrm.store.loader import Embeddings
+
+# Methods whose saved model refits on training + validation (embrm.rm.logreg).
+REFITS = ("logreg", "logreg-clf")
 
 
 @dataclass
@@ -113,11 +116,14 @@ def write_outputs(out: Path, metrics: dict[str, Any], scores: np.ndarray, ds: Da
 
 def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConfig, dc: DataConfig,
                      out: Path | None = None, layer: int | None = None, ns: list[int] | None = None,
-                     tune: bool = False) -> tuple[RewardModel, dict[str, Any]]:
+                     tune: bool = False, families: tuple[str, ...] | None = None
+                     ) -> tuple[RewardModel, dict[str, Any]]:
     """Train on a store entry with a prompt-disjoint validation split; write a run directory.
 
-    With ``tune``, learning rate, weight decay and hidden size are first chosen from a
-    small grid on the validation split (:mod:`embrm.rm.tune`).
+    With ``tune``, the model family and its settings are first chosen on the validation
+    split (:mod:`embrm.rm.tune`; ``families`` narrows the search). Validation metrics
+    come from a model that has not trained on the validation pairs (for logreg, which
+    refits on them, its fit on the training pairs alone).
     """
     emb = store.load(model_key, dataset_key, layer=layer)
     ds = from_embeddings(emb)
@@ -126,14 +132,17 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
     vp = make_training_pairs(ds, dc, val_p, seed_offset=1000)
     grid: list[dict[str, Any]] | None = None
     if tune:
+        from embrm.rm.tune import summary
         from embrm.rm.tune import tune as tune_grid
 
-        tc, grid = tune_grid(ds.x, tp, vp, tc)
+        tc, grid = tune_grid(ds.x, tp, vp, tc, families=families)
     model = train(ds.x, tp, vp, tc)
-    metrics, scores = evaluate_dataset(model, ds, val_p, ns, seed=dc.seed)
+    metrics, scores = evaluate_dataset(model.validation_model or model, ds, val_p, ns, seed=dc.seed)
     metrics = {"split": "validation", "train_pairs": len(tp), "val_pairs": len(vp), **metrics}
     if grid is not None:
-        metrics["tune"] = {"chosen": {"lr": tc.lr, "weight_decay": tc.weight_decay, "hidden": list(tc.hidden)},
+        metrics["tune"] = {"criterion": "validation Bradley-Terry log-loss", "summary": summary(grid),
+                           "chosen": {k: v for k, v in config_dict(model.config).items()
+                                      if k in ("method", "lr", "weight_decay", "hidden", "l2", "standardize")},
                            "grid": grid}
     if out is not None:
         out = Path(out)
@@ -156,6 +165,8 @@ def eval_from_store(run_dir: Path, store: Any, dataset_key: str, ns: list[int] |
     ds = from_embeddings(emb)
     if emb.entry.dataset_hash == cfg["dataset_hash"]:
         prompts, split = np.array(cfg["val_prompts"], dtype=int), "validation"
+        if cfg["train"]["method"] in REFITS:
+            split = "refitted-on validation"  # logreg's final fit has seen these prompts: not a held-out score
     else:
         prompts, split = np.arange(ds.n_prompts), "all"
     metrics, scores = evaluate_dataset(model, ds, prompts, ns, coef)

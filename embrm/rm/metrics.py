@@ -148,3 +148,19 @@ def expected_calibration_error(score_a: np.ndarray, score_b: np.ndarray, y: np.n
 def nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, float)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def bootstrap_interval(values: np.ndarray, reps: int = 2000, seed: int = 0, level: float = 0.95
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one per held-out unit).
+
+    For a paired comparison pass the per-unit differences of two models on the same units:
+    the interval then excludes the spread that both share (hard and easy units).
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    means = v[np.random.default_rng(seed).integers(0, len(v), (reps, len(v)))].mean(1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

@@ -1,8 +1,13 @@
 """Run directories: ``config.json``, safetensors weights, ``metrics.json`` and plots.
 
 Weights are never pickled: MLP ensembles are safetensors, LightGBM boosters their own
-text format. ``config.json`` carries a run-format number so a later embrm can refuse a
-directory it cannot read instead of misreading it.
+text format, standardisation statistics safetensors beside them
+(:data:`~embrm.rm.standardize.FILE`). ``config.json`` carries a run-format number so a
+later embrm can refuse a directory it cannot read instead of misreading it.
+
+Format 2 added standardisation and logistic regression; format-1 directories (no
+statistics file) still load and score their inputs unchanged. An embrm that reads only
+format 1 refuses a format-2 directory instead of scoring it unstandardised.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ from safetensors.torch import load_file, save_file
 from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
-from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
+from embrm.rm.standardize import FILE as STATS
+from embrm.rm.standardize import Standardizer
+from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
+READS = (1, 2)
 WEIGHTS = "weights.safetensors"
 
 
@@ -36,6 +44,10 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
         assert model.boosters is not None
         for i, b in enumerate(model.boosters):
             (out / f"lgbm_{i}.txt").write_text(b.model_to_string())
+    if model.standardizer is not None:
+        save_file(model.standardizer.tensors(), str(out / STATS))
+    else:
+        (out / STATS).unlink(missing_ok=True)  # a rerun into the same directory must not inherit old statistics
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
 
@@ -49,10 +61,10 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         raise EmbrmError(f"{path} is not valid JSON; the run directory is damaged") from None
     fmt = cfg.get("run_format")
-    if fmt != RUN_FORMAT:
+    if fmt not in READS:
         raise EmbrmError(
             f"{run_dir} was written by embrm {cfg.get('embrm_version', '?')} in run format {fmt}; "
-            f"this embrm ({__version__}) reads format {RUN_FORMAT}: retrain, or use a matching embrm"
+            f"this embrm ({__version__}) reads formats {', '.join(map(str, READS))}: retrain, or use a matching embrm"
         )
     return cfg
 
@@ -64,19 +76,20 @@ def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:
     t["hidden"] = tuple(t["hidden"])
     tc = TrainConfig(**t)
     log = TrainLog(**cfg.get("log", {}))
+    std = Standardizer.from_tensors(load_file(str(run_dir / STATS))) if (run_dir / STATS).exists() else None
     if tc.method == "lgbm":
         try:
             import lightgbm as lgb
         except ImportError:
             raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
         boosters = [lgb.Booster(model_str=(run_dir / f"lgbm_{i}.txt").read_text()) for i in range(tc.ensemble)]
-        return RewardModel(tc, cfg["dim"], boosters=boosters, log=log), cfg
+        return RewardModel(tc, cfg["dim"], boosters=boosters, log=log, standardizer=std), cfg
     state = load_file(str(run_dir / WEIGHTS))
-    hidden = () if tc.method == "linear" else tc.hidden
-    net = EnsembleMLP(tc.ensemble, cfg["dim"], hidden, bias=tc.method != "linear")
+    hidden, bias = net_shape(tc)
+    net = EnsembleMLP(tc.ensemble, cfg["dim"], hidden, bias=bias)
     net.load_state(state)
     net.eval()
-    return RewardModel(tc, cfg["dim"], net=net, log=log), cfg
+    return RewardModel(tc, cfg["dim"], net=net, log=log, standardizer=std), cfg
 
 
 def write_json(path: Path, obj: Any) -> None:

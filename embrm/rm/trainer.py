@@ -1,4 +1,4 @@
-"""Reward-model trainers on embeddings: BT-MLP, CLF-MLP, linear BT and LightGBM.
+"""Reward-model trainers on embeddings: BT-MLP, CLF-MLP, linear BT, logistic regression, LightGBM.
 
 The training loop is written out here, not hidden in a framework:
 
@@ -11,12 +11,16 @@ The training loop is written out here, not hidden in a framework:
   weights, the optimiser and the loss stay fp32);
 * each pair is seen once per epoch in one orientation (the Siamese BT loss is symmetric,
   so the seed code's second ordering adds nothing but time);
-* early stopping on validation loss, per member: each keeps its best epoch's weights.
+* early stopping on validation loss, per member: each keeps its best epoch's weights;
+* features are standardised first where :data:`STANDARDIZE` (or the caller) says so, with
+  statistics of the training items only (:mod:`embrm.rm.standardize`).
+
+Logistic regression is solved exactly instead (:mod:`embrm.rm.logreg`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,8 +32,13 @@ from embrm.hardware import cpu_has_fast_bf16, resolve_device
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
+from embrm.rm.standardize import Standardizer
 
-METHODS = ("bt", "clf", "linear", "lgbm")
+METHODS = ("bt", "clf", "linear", "lgbm", "logreg", "logreg-clf")
+# Whether a method standardises its features unless told otherwise (--standardize /
+# --no-standardize). Measured on HH-RLHF pairs, SmolLM2 vectors, 300 to 2,312 pairs
+# (benchmarks/bench_small_data.py, README "Standardised features"): PLACEHOLDER.
+STANDARDIZE = {"bt": False, "clf": False, "linear": False, "lgbm": False, "logreg": True, "logreg-clf": True}
 
 
 # The batch adapts to the data (see batch_for): at least MIN_STEPS_PER_EPOCH optimiser
@@ -58,6 +67,12 @@ class TrainConfig:
     member_group: int = 0  # members per batched matmul; 0: as many as fit the CPU cache
     lgbm_rounds: int = 500
     device: str = "auto"  # auto: cuda, else mps, where torch sees one; else cpu (hardware.resolve_device)
+    standardize: bool | None = None  # None: the method's default (STANDARDIZE)
+    l2: float | None = None  # logreg's lambda; None: chosen on the validation split (logreg.LAMBDAS)
+
+    @property
+    def standardizes(self) -> bool:
+        return STANDARDIZE[self.method] if self.standardize is None else self.standardize
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -71,6 +86,16 @@ class TrainConfig:
             raise EmbrmError("--weight-decay must not be negative")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise EmbrmError(f"unknown device {self.device!r}; use auto, cpu, cuda or mps")
+        if self.l2 is not None and not self.l2 > 0:
+            raise EmbrmError(f"the L2 penalty must be positive, got {self.l2:g}")
+
+
+def net_shape(cfg: TrainConfig) -> tuple[tuple[int, ...], bool]:
+    """Hidden sizes and whether there are biases: linear methods have no hidden layer, and
+    a Bradley-Terry linear model no bias (it would cancel in every difference)."""
+    if cfg.method in ("linear", "logreg", "logreg-clf"):
+        return (), cfg.method == "logreg-clf"
+    return tuple(cfg.hidden), True
 
 
 def batch_for(n_pairs: int, cfg: TrainConfig) -> int:
@@ -93,17 +118,24 @@ class TrainLog:
     seconds: float = 0.0
     batch_size: int = 0
     steps: int = 0
+    val_pair_loss: list[float] = field(default_factory=list)  # Bradley-Terry log-loss at the kept epoch
+    l2_path: list[dict[str, float]] = field(default_factory=list)  # logreg: validation loss of each lambda
 
 
 @dataclass
 class RewardModel:
-    """A trained ensemble. :meth:`score` gives ``(members, items)`` rewards."""
+    """A trained ensemble. :meth:`score` gives ``(members, items)`` rewards of raw embeddings
+    (standardising them first where the run was trained on standardised features)."""
 
     config: TrainConfig
     dim: int
     net: EnsembleMLP | None = None
     boosters: list[Any] | None = None
     log: TrainLog = field(default_factory=TrainLog)
+    standardizer: Standardizer | None = None
+    # The model that validation metrics describe, where it is not this one: logreg refits
+    # on training + validation, so its validation pairs are no longer held out.
+    validation_model: RewardModel | None = field(default=None, repr=False)
 
     @property
     def members(self) -> int:
@@ -114,15 +146,18 @@ class RewardModel:
         x = check_embeddings(x, "embeddings")
         if x.shape[1] != self.dim:
             raise EmbrmError(f"embeddings have dim {x.shape[1]} but the reward model was trained on dim {self.dim}")
-        if self.boosters is not None:
-            return np.stack([b.predict(x, raw_score=True) for b in self.boosters]).astype(np.float32)
-        assert self.net is not None
-        device = next(self.net.parameters()).device
         out = np.empty((self.members, len(x)), np.float32)
+        device = next(self.net.parameters()).device if self.net is not None else None
         with torch.inference_mode():
-            for s in range(0, len(x), chunk):
-                xb = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)).to(device)
-                out[:, s:s + chunk] = self.net(xb).float().cpu().numpy()
+            for s in range(0, len(x), chunk):  # chunks: a standardised copy is never bigger than one
+                xb = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
+                if self.standardizer is not None:
+                    xb = self.standardizer.apply(xb)
+                if self.boosters is not None:
+                    out[:, s:s + chunk] = np.stack([b.predict(xb, raw_score=True) for b in self.boosters])
+                else:
+                    assert self.net is not None
+                    out[:, s:s + chunk] = self.net(torch.from_numpy(xb).to(device)).float().cpu().numpy()
         return out
 
 
@@ -147,23 +182,34 @@ def _use_bf16(flag: bool | None, device: str = "cpu") -> bool:
     return device == "cpu" and cpu_has_fast_bf16()
 
 
-def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
-    """Per-member mean loss, (M,), from fp32 rewards ``ra``, ``rb`` (M, B) and labels ``y``."""
-    if method == "clf":  # each response alone: winner 1, loser 0
-        return (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
-                + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
+def _bt_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
 
 
+def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, clf: torch.Tensor | None) -> torch.Tensor:
+    """Per-member mean loss, (M,), from fp32 rewards ``ra``, ``rb`` (M, B) and labels ``y``.
+
+    ``clf`` (M,) bool marks the members trained as CLF (each response alone: winner 1,
+    loser 0), the rest Bradley-Terry; ``None``: all Bradley-Terry. A grid can thus train
+    both losses in one batched ensemble.
+    """
+    bt = _bt_loss(ra, rb, y)
+    if clf is None:
+        return bt
+    pointwise = (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
+                 + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
+    return torch.where(clf, pointwise, bt)
+
+
 def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-               method: str, group: int | None) -> torch.Tensor:
+               clf: torch.Tensor | None, group: int | None) -> torch.Tensor:
     """Per-member loss on one minibatch; ``a``, ``b``, ``y``: (M, B), one row of pairs per member.
 
     Both sides of every pair go through the net as one (M, 2B) batch of rows of ``x``,
     gathered group by group, already in ``x``'s compute dtype.
     """
     r = net.forward_rows(x, torch.cat([a, b], 1), group).float()
-    return _pair_loss(r[:, : a.shape[1]], r[:, a.shape[1]:], y, method)
+    return _pair_loss(r[:, : a.shape[1]], r[:, a.shape[1]:], y, clf)
 
 
 class _Validation:
@@ -181,20 +227,33 @@ class _Validation:
         self.b = torch.from_numpy(inverse[len(pairs):]).long().to(dev)
         self.y = torch.from_numpy(pairs.y.astype(np.float32)).to(dev).expand(members, len(pairs))
 
-    def __call__(self, net: EnsembleMLP, method: str) -> np.ndarray:
+    def __call__(self, net: EnsembleMLP, clf: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each member's loss (its own: early stopping) and Bradley-Terry log-loss (comparable
+        across losses and model families: :mod:`embrm.rm.tune` chooses by it)."""
         with torch.inference_mode():
             r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk])).float()
                            for s in range(0, len(self.items), self.chunk)], 1)
-            return _pair_loss(r[:, self.a], r[:, self.b], self.y, method).cpu().numpy()
+            ra, rb = r[:, self.a], r[:, self.b]
+            return _pair_loss(ra, rb, self.y, clf).cpu().numpy(), _bt_loss(ra, rb, self.y).cpu().numpy()
+
+
+@dataclass
+class MemberSettings:
+    """Each member's own learning rate, weight decay and loss: a hyperparameter grid
+    trained as one batched ensemble (see :mod:`embrm.rm.tune`)."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    clf: np.ndarray | None = None  # bool: True trains the member on CLF's loss, else Bradley-Terry's
 
 
 def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
-          member_lr: np.ndarray | None = None, member_wd: np.ndarray | None = None) -> RewardModel:
+          members: MemberSettings | None = None) -> RewardModel:
     """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it.
 
-    ``member_lr`` / ``member_wd`` give each member its own learning rate and weight decay
-    (a hyperparameter grid as one batched ensemble, see :mod:`embrm.rm.tune`); by default
-    every member uses ``cfg.lr`` and ``cfg.weight_decay``.
+    ``members`` gives each member its own learning rate, weight decay and loss (a
+    hyperparameter grid as one batched ensemble, see :mod:`embrm.rm.tune`); by default
+    every member uses ``cfg.lr``, ``cfg.weight_decay`` and ``cfg.method``'s loss.
     """
     cfg.validate()
     x = check_embeddings(x, "embeddings")
@@ -203,27 +262,40 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     for p in (train_pairs, val_pairs):
         if max(p.a.max(), p.b.max()) >= len(x):
             raise EmbrmError("pairs refer to items beyond the embeddings array")
+    std = Standardizer.fit(x, train_pairs) if cfg.standardizes else None
+    cfg = replace(cfg, standardize=std is not None)  # the run records what was done, not "default"
+    if cfg.method in ("logreg", "logreg-clf"):
+        from embrm.rm.logreg import train_logreg
+
+        return train_logreg(x, train_pairs, val_pairs, cfg, std)
     if cfg.method == "lgbm":
-        return _train_lgbm(x, train_pairs, val_pairs, cfg)
+        model = _train_lgbm(std.apply(x) if std is not None else x, train_pairs, val_pairs, cfg)
+        model.standardizer = std
+        return model
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    hidden = () if cfg.method == "linear" else cfg.hidden
-    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear").to(device)
+    hidden, bias = net_shape(cfg)
+    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    if member_lr is None and member_wd is None:
+    clf = torch.full((cfg.ensemble,), True, device=device) if cfg.method == "clf" else None
+    if members is None:
         # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
         # about 5x faster a step on CPU, and the same update
         opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     else:
-        lr = torch.as_tensor(member_lr if member_lr is not None else np.full(cfg.ensemble, cfg.lr))
-        wd = torch.as_tensor(member_wd if member_wd is not None else np.full(cfg.ensemble, cfg.weight_decay))
-        if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble:
-            raise EmbrmError(f"per-member learning rates and decays need one value per member ({cfg.ensemble})")
+        lr, wd = torch.as_tensor(members.lr), torch.as_tensor(members.weight_decay)
+        if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble or (members.clf is not None
+                                                                   and len(members.clf) != cfg.ensemble):
+            raise EmbrmError(f"per-member settings need one value per member ({cfg.ensemble})")
         opt = MemberAdamW(params, lr.to(device), wd.to(device))
+        if members.clf is not None:
+            clf = torch.as_tensor(np.asarray(members.clf, bool)).to(device)
     if isinstance(x, torch.Tensor):
         xt = x.to(device=device, dtype=torch.float32)
     else:
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    if std is not None:
+        xt = std.apply(xt)  # a standardised copy: the caller's array stays as it was
     if _use_bf16(cfg.bf16, device):
         xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
     ta, tb = torch.from_numpy(train_pairs.a).to(device), torch.from_numpy(train_pairs.b).to(device)
@@ -237,6 +309,7 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
     best = net.state()
     best_loss = np.full(m, np.inf)
+    best_pair_loss = np.full(m, np.inf)
     best_epoch = [0] * m
     stale = np.zeros(m, int)
     log = TrainLog(batch_size=batch)
@@ -249,17 +322,17 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
             order = torch.from_numpy(np.stack([g.permutation(n) for g in gens])).to(device)
         for s in range(0, n, batch):
             idx = order[:, s:s + batch]
-            loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], cfg.method, group)
+            loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], clf, group)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members are independent: the sum's gradient is each one's
             opt.step()
             log.steps += 1
         net.eval()
-        vl = validation(net, cfg.method)
+        vl, vpl = validation(net, clf)
         state = net.state()
         for i in range(m):
             if vl[i] < best_loss[i] - 1e-5:
-                best_loss[i], best_epoch[i], stale[i] = vl[i], epoch, 0
+                best_loss[i], best_epoch[i], stale[i], best_pair_loss[i] = vl[i], epoch, 0, vpl[i]
                 net.member_state(state, i, best)
             else:
                 stale[i] += 1
@@ -269,7 +342,8 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     net.load_state(best)
     net.eval()
     log.best_epoch, log.val_loss, log.seconds = best_epoch, [float(v) for v in best_loss], time.perf_counter() - t0
-    return RewardModel(cfg, x.shape[1], net=net, log=log)
+    log.val_pair_loss = [float(v) for v in best_pair_loss]
+    return RewardModel(cfg, x.shape[1], net=net, log=log, standardizer=std)
 
 
 def _train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> RewardModel:

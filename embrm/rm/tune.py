@@ -1,18 +1,30 @@
-"""``embrm train --tune``: learning rate, weight decay and hidden size from a small grid.
+"""``embrm train --tune``: the model family and its settings, chosen on the validation split.
 
-The grid trains as batched ensembles: every (learning rate, weight decay) pair is one
-member of an :class:`~embrm.rm.models.EnsembleMLP` with a per-member AdamW
-(:class:`~embrm.rm.optim.MemberAdamW`), one ensemble per hidden size (members of
-different widths cannot share a batched matmul). Small heads are where batching members
-pays on a CPU (3.0-3.8x over one after another in ``benchmarks/bench_ensemble.py``).
+Families and their grids (:class:`Grid`):
 
-Each setting is judged by its best validation loss on the run's validation prompts, and
-the chosen setting then trains the final ensemble. Choosing on the same validation split
-that later stops training makes the reported validation metrics slightly optimistic;
-``embrm eval`` on a held-out dataset is the unbiased check.
+* ``logreg`` and ``logreg-clf``: the exact L2 logistic regression (on pairs; on each
+  response alone), every lambda of its path;
+* ``linear``: linear Bradley-Terry by AdamW, learning rate x weight decay;
+* ``bt`` and ``clf``: MLPs of each hidden size, learning rate x weight decay.
+
+Gradient-trained settings train as batched ensembles: every (learning rate, weight decay,
+loss) of one hidden size is one member of an :class:`~embrm.rm.models.EnsembleMLP` with a
+per-member AdamW (:class:`~embrm.rm.optim.MemberAdamW`) and a per-member loss, so BT and
+CLF members of one width share every matmul (members of different widths cannot). Small
+heads are where batching members pays on a CPU (3.0-3.8x over one after another in
+``benchmarks/bench_ensemble.py``).
+
+Every setting is judged by one criterion: the Bradley-Terry log-loss of its scores on the
+validation pairs (for a CLF model, of the difference of its two logits), at its best
+epoch or lambda. Log-loss, not accuracy: it ranks settings by how well they rank *and*
+how sure they are, and is far less noisy than accuracy on a few hundred pairs. The
+chosen setting then trains the final ensemble. Choosing on the split that also stops
+training makes the reported validation metrics slightly optimistic; ``embrm eval`` on a
+held-out dataset is the unbiased check.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from itertools import product
 from typing import Any
@@ -20,8 +32,12 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.rm.logreg import LAMBDAS, lambda_path, prepare
 from embrm.rm.pairs import Pairs
-from embrm.rm.trainer import TrainConfig, train
+from embrm.rm.standardize import Standardizer
+from embrm.rm.trainer import MemberSettings, TrainConfig, train
+
+FAMILIES = ("logreg", "logreg-clf", "linear", "bt", "clf")
 
 
 @dataclass(frozen=True)
@@ -29,23 +45,89 @@ class Grid:
     lr: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decay: tuple[float, ...] = (0.0, 1e-2, 1e-1)
     hidden: tuple[tuple[int, ...], ...] = ((64,), (256,), (1024, 512))
+    l2: tuple[float, ...] = LAMBDAS
+    families: tuple[str, ...] = FAMILIES
 
 
-def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid = Grid()
-         ) -> tuple[TrainConfig, list[dict[str, Any]]]:
-    """The best setting of the grid by validation loss, and every setting's result."""
-    if cfg.method == "lgbm":
-        raise EmbrmError("--tune covers the neural methods (bt, clf, linear); LightGBM has its own early stopping")
-    combos = list(product(grid.lr, grid.weight_decay))
+def _row(method: str, standardize: bool, val_loss: float, seconds: float, lr: float | None = None,
+         weight_decay: float | None = None, hidden: tuple[int, ...] = (), l2: float | None = None,
+         best_epoch: int | None = None) -> dict[str, Any]:
+    return {"method": method, "standardize": standardize, "lr": lr, "weight_decay": weight_decay,
+            "hidden": list(hidden), "l2": l2, "val_loss": float(val_loss), "best_epoch": best_epoch,
+            "seconds": round(seconds, 3)}
+
+
+def _logreg_path(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, grid: Grid) -> list[dict[str, Any]]:
+    """One solve per lambda of the grid, each on the training pairs, judged on validation."""
+    t0 = time.perf_counter()
+    std = Standardizer.fit(x, tp) if cfg.standardizes else None
+    path = lambda_path(prepare(x, std), tp, vp, cfg.method == "logreg-clf", grid.l2)
+    seconds = time.perf_counter() - t0
+    return [_row(cfg.method, cfg.standardizes, r["val_loss"], seconds, l2=r["l2"]) for r in path]
+
+
+def _adam_grid(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, methods: list[str], hidden: tuple[int, ...],
+               grid: Grid) -> list[dict[str, Any]]:
+    """Every (learning rate, weight decay, method) of one width as one batched ensemble."""
+    combos = list(product(methods, grid.lr, grid.weight_decay))
+    c = replace(cfg, method="linear" if methods == ["linear"] else "bt", ensemble=len(combos), hidden=hidden,
+                bootstrap=False)
+    model = train(x, tp, vp, c, MemberSettings(lr=np.array([lr for _, lr, _ in combos]),
+                                               weight_decay=np.array([wd for _, _, wd in combos]),
+                                               clf=np.array([m == "clf" for m, _, _ in combos])))
+    return [_row(m, c.standardizes, loss, model.log.seconds, lr, wd, hidden, best_epoch=epoch)
+            for (m, lr, wd), loss, epoch in zip(combos, model.log.val_pair_loss, model.log.best_epoch)]
+
+
+def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid = Grid(),
+         families: tuple[str, ...] | None = None) -> tuple[TrainConfig, list[dict[str, Any]]]:
+    """The grid's setting of least validation log-loss as a config, and every setting's result.
+
+    ``families`` restricts the search (``embrm train --tune --method bt`` tunes BT alone);
+    each family standardises its features as ``cfg.standardize`` says, or by its default.
+    """
+    families = tuple(families or grid.families)
+    if "lgbm" in families:
+        raise EmbrmError("--tune covers bt, clf, linear and logreg; LightGBM has its own early stopping")
     results: list[dict[str, Any]] = []
-    for hidden in ((),) if cfg.method == "linear" else grid.hidden:
-        c = replace(cfg, ensemble=len(combos), hidden=hidden, bootstrap=False)
-        model = train(x, train_pairs, val_pairs, c, member_lr=np.array([lr for lr, _ in combos]),
-                      member_wd=np.array([wd for _, wd in combos]))
-        for (lr, wd), loss, epoch in zip(combos, model.log.val_loss, model.log.best_epoch):
-            results.append({"lr": lr, "weight_decay": wd, "hidden": list(hidden), "val_loss": loss,
-                            "best_epoch": epoch, "seconds": model.log.seconds})
+    for method in ("logreg", "logreg-clf"):
+        if method in families:
+            results += _logreg_path(x, train_pairs, val_pairs, replace(cfg, method=method, ensemble=1), grid)
+    if "linear" in families:
+        results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, method="linear"), ["linear"], (), grid)
+    mlps = [m for m in ("bt", "clf") if m in families]
+    for hidden in grid.hidden if mlps else ():
+        # BT and CLF members of one width share a batched ensemble where they see the same features
+        for standardize in sorted({replace(cfg, method=m).standardizes for m in mlps}):
+            same = [m for m in mlps if replace(cfg, method=m).standardizes == standardize]
+            results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, standardize=standardize), same, hidden,
+                                  grid)
+    if not results:
+        raise EmbrmError(f"nothing to tune: families {', '.join(families)}; use {', '.join(FAMILIES)}")
     best = min(results, key=lambda r: r["val_loss"])
-    chosen = replace(cfg, lr=best["lr"], weight_decay=best["weight_decay"],
+    chosen = replace(cfg, method=best["method"], standardize=best["standardize"], l2=best["l2"],
+                     lr=best["lr"] if best["lr"] is not None else cfg.lr,
+                     weight_decay=best["weight_decay"] if best["weight_decay"] is not None else cfg.weight_decay,
                      hidden=tuple(best["hidden"]) if best["hidden"] else cfg.hidden)
     return chosen, results
+
+
+def describe(r: dict[str, Any]) -> str:
+    """A setting in words: ``bt 256 (lr 0.001, weight decay 0)``, ``logreg (lambda 0.1)``."""
+    std = ", standardised" if r["standardize"] else ""
+    if r["l2"] is not None:
+        return f"{r['method']} (lambda {r['l2']:.3g}{std})"
+    width = f" {','.join(map(str, r['hidden']))}" if r["hidden"] else ""
+    return f"{r['method']}{width} (lr {r['lr']:g}, weight decay {r['weight_decay']:g}{std})"
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """One line: what was picked, by what, and the best of every other family."""
+    best = min(results, key=lambda r: r["val_loss"])
+    others = {}
+    for r in sorted(results, key=lambda r: r["val_loss"]):
+        others.setdefault(r["method"], r)
+    runners = [f"{describe(r)} {r['val_loss']:.4f}" for m, r in others.items() if m != best["method"]]
+    line = (f"tuned over {len(results)} settings: picked {describe(best)}, the least validation log-loss "
+            f"({best['val_loss']:.4f})")
+    return line + (f"; best of the other families: {'; '.join(runners)}" if runners else "")
