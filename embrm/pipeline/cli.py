@@ -1,11 +1,11 @@
-"""``embrm generate``, ``annotate``, ``demo`` and ``reproduce``."""
+"""``embrm generate``, ``annotate``, ``demo`` and ``reproduce`` (``ensemble``, ``layers``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from embrm.options import FLOATS, NS, SIZES, ChoiceList, store_option
+from embrm.options import FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
 
 
 def _quiet_hf(quiet: bool) -> None:
@@ -102,7 +102,7 @@ def reproduce() -> None:
 @click.option("--members", type=int, default=5, show_default=True)
 @click.option("--qualities", type=FLOATS, default="-1,10,1,0.3", show_default=True,
               help="Annotation qualities (beta); -1 is perfect.")
-@click.option("--methods", type=ChoiceList(["bt", "clf", "linear", "lgbm"]), default="bt,clf", show_default=True)
+@click.option("--methods", type=ChoiceList(METHODS), default="bt,clf", show_default=True)
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -118,3 +118,32 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
                               log=click.echo)
     click.echo(markdown(rows))
     click.echo(f"wrote {out}/ensemble.png, ensemble.md, ensemble.csv")
+
+
+@reproduce.command("layers")
+@click.option("--model-key", required=True, help="A model entry extracted with several layers (--layers).")
+@click.option("--dataset-key", required=True)
+@click.option("--methods", type=ChoiceList(METHODS), default="logreg,bt", show_default=True)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Cross-validation folds, disjoint in prompts.")
+@click.option("--members", type=click.IntRange(min=1), default=1, show_default=True, help="Ensemble size.")
+@click.option("--hidden", type=SIZES, default="1024,512", show_default=True, help="MLP hidden sizes.")
+@click.option("--combine", type=ChoiceList(["concat", "mean"]), default=None,
+              help="Also train on the concatenation and/or the mean of every stored layer.")
+@click.option("--prompts", type=click.IntRange(min=2), default=None, help="A seeded subset of this many prompts.")
+@click.option("--bon", "bon_n", type=click.IntRange(min=1), default=None,
+              help="N of the best-of-N metric on multi-response data (default: K).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", default="layers-out", show_default=True, type=click.Path(file_okay=False))
+@store_option
+def reproduce_layers_cmd(model_key, dataset_key, methods, folds, members, hidden, combine, prompts, bon_n, seed, out,
+                         store_uri) -> None:
+    """Every stored layer (and their combinations), k-fold cross-validated: one figure, one table."""
+    from embrm.pipeline.reproduce_layers import LayersConfig, markdown, reproduce_layers
+    from embrm.store.cli import open_any
+
+    lc = LayersConfig(methods=methods, folds=folds, members=members, hidden=hidden, combine=combine or (),
+                      prompts=prompts, bon_n=bon_n, seed=seed)
+    result = reproduce_layers(open_any(store_uri), model_key, dataset_key, Path(out), lc, log=click.echo)
+    click.echo(markdown(result))
+    click.echo(f"wrote {out}/layers.png, layers.md, layers.csv, layers.json")

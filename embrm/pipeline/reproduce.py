@@ -83,11 +83,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def _figure(curves: dict[tuple[str, float], dict[str, Any]], rc: ReproduceConfig, path: Path) -> None:
     """One panel per method: BoN curves of mean/min/single, one line style per quality."""
-    import matplotlib
+    from embrm.rm.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(rc.methods), figsize=(5.5 * len(rc.methods), 4.2), dpi=120, squeeze=False)
     colors = {"mean": "C0", "min": "C3", "single": "C2"}
     styles = ["-", "--", "-.", ":", (0, (1, 3))]

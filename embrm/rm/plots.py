@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def bon_curves(metrics: dict[str, Any], out: Path, title: str = "") -> Path:
     Bands are 95% intervals of the gain over a random pick across prompts: prompts differ
     in how much reward any response gets, and that spread says nothing about the model.
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     ns = np.array(metrics["N"])
     for how, v in metrics["aggregations"].items():
@@ -46,7 +47,7 @@ def bon_curves(metrics: dict[str, Any], out: Path, title: str = "") -> Path:
 
 def calibration(conf: np.ndarray, acc: np.ndarray, cnt: np.ndarray, ece: float, out: Path, title: str = "") -> Path:
     """Reliability diagram of pairwise probabilities."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=120)
     ok = cnt > 0
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
