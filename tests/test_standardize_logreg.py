@@ -85,11 +85,11 @@ def test_logreg_chooses_lambda_on_validation_and_refits_on_everything():
     want = _reference(diff(both), both.y, lam)
     np.testing.assert_allclose(model.score(x)[0], z @ want, atol=1e-4)
     np.testing.assert_allclose(model.validation_model.score(x)[0], z @ _reference(diff(tp), tp.y, lam), atol=1e-4)
-    # an ensemble: bootstrap members around the same solution
+    # an ensemble: members spread as bootstrap fits do, centred on the exact fit
     ens = train(x, tp, vp, TrainConfig(method="logreg", ensemble=3, l2=lam))
     s = ens.score(x)
-    assert ens.config.bootstrap and not np.allclose(s[0], s[1])
-    assert np.corrcoef(s.mean(0), z @ want)[0, 1] > 0.98
+    assert ens.config.bootstrap and not np.allclose(s[0], s[1], atol=1e-2)
+    np.testing.assert_allclose(s.mean(0), z @ want, atol=1e-4)
 
 
 def _plant(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
