@@ -17,7 +17,9 @@ from embrm.rm.experiment import DataConfig, eval_from_store, score_from_store, t
 from embrm.rm.metrics import bon_quantile, expected_calibration_error, spearman_per_prompt
 from embrm.rm.pairs import annotate, make_pairs
 from embrm.rm.run import load_run
-from embrm.store import item_key, open_store
+from embrm.store import open_store
+
+from conftest import store_entry
 
 
 def test_best_of_n_matches_brute_force_enumeration():
@@ -238,17 +240,9 @@ def _multi_store(path, p=60, k=6, d=16, seed=0):
     """A store entry of multi-response data with golden rewards (a known linear reward)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((p * k, d)).astype(np.float32)
-    r = (x @ rng.standard_normal(d)).reshape(p, k)
-    store = open_store(path, create=True)
-    rows = [{"position": i, "item_key": item_key(f"p{i // k}", f"r{i}"), "prompt_id": i // k,
-             "response_index": i % k, "role": "", "label": None, "reward": float(r.reshape(-1)[i]),
-             "prompt": f"p{i // k}", "response": f"r{i}"} for i in range(p * k)]
-    store.write_dataset_rows("d" * 64, rows, len(rows))
-    store.begin_entry("m" * 64, "synthetic-model", {}, "d" * 64, "synthetic-data", {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
-                        np.zeros(len(rows), bool))
-    store.finish_entry("m" * 64, "d" * 64)
-    return store
+    return store_entry(path, x, (x @ rng.standard_normal(d)).reshape(p, k))
+
+
 
 
 def test_train_eval_score_run_directory(tmp_path):
@@ -380,16 +374,18 @@ def test_small_data_trains_for_enough_steps():
 
 
 def test_tune_picks_the_argmin_of_validation_loss_across_families(tmp_path):
-    from embrm.rm.tune import Grid, tune
+    from embrm.rm.tune import Block, Grid, tune
 
     x, r = _synthetic(p=150, k=4, d=16)
     tr, va = split_prompts(len(r), 0.2, 0)
     tp = build_pairs(r, tr, 5, "within", "random", 1.0, None, 0)
     vp = build_pairs(r, va, 5, "within", "random", 1.0, None, 1)
-    grid = Grid(lr=(1e-5, 1e-2), weight_decay=(0.0, 0.1), hidden=((8,), (32,)), l2=(1e-3, 1e-1, 10.0))
+    grid = Grid(l2=(1e-3, 1e-1, 10.0), blocks=tuple(Block(h, m, (1e-5, 1e-2), (0.0, 0.1))
+                                                    for h, m in (((), ("linear",)), ((8,), ("bt", "clf")),
+                                                                 ((32,), ("bt",)))))
     chosen, results = tune(x, tp, vp, TrainConfig(max_epochs=10), grid)
     count = {m: sum(g["method"] == m for g in results) for m in ("logreg", "logreg-clf", "linear", "bt", "clf")}
-    assert count == {"logreg": 3, "logreg-clf": 3, "linear": 4, "bt": 8, "clf": 8}
+    assert count == {"logreg": 3, "logreg-clf": 3, "linear": 4, "bt": 8, "clf": 4}
     best = min(results, key=lambda g: g["val_loss"])
     assert (chosen.method, chosen.l2, chosen.standardize) == (best["method"], best["l2"], best["standardize"])
     if best["lr"] is not None:

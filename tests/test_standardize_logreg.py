@@ -17,7 +17,8 @@ from embrm.rm.logreg import LAMBDAS, LogisticProblem
 from embrm.rm.pairs import Pairs
 from embrm.rm.run import load_run
 from embrm.rm.standardize import FILE as STATS
-from embrm.store import item_key, open_store
+
+from conftest import store_entry
 
 
 def _scaled(p: int = 120, k: int = 4, d: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,18 +119,7 @@ def test_standardisation_statistics_come_from_training_items_only(method):
 
 
 def _store(path, x: np.ndarray, r: np.ndarray):
-    """A multi-response store entry of ``x`` with golden rewards ``r`` (P, K)."""
-    p, k = r.shape
-    store = open_store(path, create=True)
-    rows = [{"position": i, "item_key": item_key(f"p{i // k}", f"r{i}"), "prompt_id": i // k,
-             "response_index": i % k, "role": "", "label": None, "reward": float(r.reshape(-1)[i]),
-             "prompt": f"p{i // k}", "response": f"r{i}"} for i in range(p * k)]
-    store.write_dataset_rows("d" * 64, rows, len(rows))
-    store.begin_entry("m" * 64, "scaled-model", {}, "d" * 64, "scaled-data", {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [row["item_key"] for row in rows], {-1: x}, np.ones(len(rows)),
-                        np.zeros(len(rows), bool))
-    store.finish_entry("m" * 64, "d" * 64)
-    return store
+    return store_entry(path, x, r, "scaled-model", "scaled-data")
 
 
 def test_statistics_round_trip_through_run_directory_score_and_eval(tmp_path):

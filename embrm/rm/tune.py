@@ -5,7 +5,8 @@ Families and their grids (:class:`Grid`):
 * ``logreg`` and ``logreg-clf``: the exact L2 logistic regression (on pairs; on each
   response alone), every lambda of its path;
 * ``linear``: linear Bradley-Terry by AdamW, learning rate x weight decay;
-* ``bt`` and ``clf``: MLPs of each hidden size, learning rate x weight decay.
+* ``bt`` and ``clf``: MLPs of widths 64 and 256, learning rate x weight decay, and the
+  seed paper's D -> 1024 -> 512 -> 1 BT-MLP on a smaller grid (see :class:`Grid`).
 
 Gradient-trained settings train as batched ensembles: every (learning rate, weight decay,
 loss) of one hidden size is one member of an :class:`~embrm.rm.models.EnsembleMLP` with a
@@ -41,11 +42,25 @@ FAMILIES = ("logreg", "logreg-clf", "linear", "bt", "clf")
 
 
 @dataclass(frozen=True)
-class Grid:
+class Block:
+    """Gradient-trained settings that share one batched ensemble: one width (``()``: linear),
+    every (method, learning rate, weight decay)."""
+
+    hidden: tuple[int, ...]
+    methods: tuple[str, ...]
     lr: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     weight_decay: tuple[float, ...] = (0.0, 1e-2, 1e-1)
-    hidden: tuple[tuple[int, ...], ...] = ((64,), (256,), (1024, 512))
-    l2: tuple[float, ...] = LAMBDAS
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What ``--tune`` searches. The seed-size MLP gets a smaller block: 18 of its members
+    were 57% of a whole grid's time (512 HH pairs), and on a few thousand pairs it did
+    not lead the narrower MLPs or the linear models (README, "Small data")."""
+
+    l2: tuple[float, ...] = LAMBDAS  # logreg and logreg-clf
+    blocks: tuple[Block, ...] = (Block((), ("linear",)), Block((64,), ("bt", "clf")), Block((256,), ("bt", "clf")),
+                                 Block((1024, 512), ("bt",), (3e-4, 1e-3), (0.0, 0.1)))
     families: tuple[str, ...] = FAMILIES
 
 
@@ -66,12 +81,12 @@ def _logreg_path(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, grid: Gr
     return [_row(cfg.method, cfg.standardizes, r["val_loss"], seconds, l2=r["l2"]) for r in path]
 
 
-def _adam_grid(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, methods: list[str], hidden: tuple[int, ...],
-               grid: Grid) -> list[dict[str, Any]]:
-    """Every (learning rate, weight decay, method) of one width as one batched ensemble."""
-    combos = list(product(methods, grid.lr, grid.weight_decay))
-    c = replace(cfg, method="linear" if methods == ["linear"] else "bt", ensemble=len(combos), hidden=hidden,
-                bootstrap=False)
+def _adam_grid(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, methods: list[str], block: Block
+               ) -> list[dict[str, Any]]:
+    """Every (method, learning rate, weight decay) of a block as one batched ensemble."""
+    combos = list(product(methods, block.lr, block.weight_decay))
+    hidden = block.hidden
+    c = replace(cfg, method="linear" if not hidden else "bt", ensemble=len(combos), hidden=hidden, bootstrap=False)
     model = train(x, tp, vp, c, MemberSettings(lr=np.array([lr for _, lr, _ in combos]),
                                                weight_decay=np.array([wd for _, _, wd in combos]),
                                                clf=np.array([m == "clf" for m, _, _ in combos])))
@@ -93,15 +108,12 @@ def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, 
     for method in ("logreg", "logreg-clf"):
         if method in families:
             results += _logreg_path(x, train_pairs, val_pairs, replace(cfg, method=method, ensemble=1), grid)
-    if "linear" in families:
-        results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, method="linear"), ["linear"], (), grid)
-    mlps = [m for m in ("bt", "clf") if m in families]
-    for hidden in grid.hidden if mlps else ():
-        # BT and CLF members of one width share a batched ensemble where they see the same features
-        for standardize in sorted({replace(cfg, method=m).standardizes for m in mlps}):
-            same = [m for m in mlps if replace(cfg, method=m).standardizes == standardize]
-            results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, standardize=standardize), same, hidden,
-                                  grid)
+    for block in grid.blocks:
+        methods = [m for m in block.methods if m in families]
+        # the methods of a block share its batched ensemble where they see the same features
+        for standardize in sorted({replace(cfg, method=m).standardizes for m in methods}):
+            same = [m for m in methods if replace(cfg, method=m).standardizes == standardize]
+            results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, standardize=standardize), same, block)
     if not results:
         raise EmbrmError(f"nothing to tune: families {', '.join(families)}; use {', '.join(FAMILIES)}")
     best = min(results, key=lambda r: r["val_loss"])
