@@ -181,7 +181,7 @@ def test_cli_logreg_standardised_train_score_eval(tmp_path):
     res = run.invoke(cli, ["train", "--model-key", "scaled-model", "--dataset-key", "scaled-data", "--method",
                            "logreg", "--ensemble", "2", "--bon", "1,2,4", "--out", str(tmp_path / "run"), *common])
     assert res.exit_code == 0, res.output
-    assert "trained logreg x2 standardised" in res.output and "from the fit before its refit" in res.output
+    assert "trained logreg x2 standardised" in res.output and "from the fit before the refit" in res.output
     assert (tmp_path / "run" / STATS).exists()
     res = run.invoke(cli, ["eval", str(tmp_path / "run"), "--dataset-key", "scaled-data", "--bon", "1,4", *common])
     assert res.exit_code == 0 and "refitted-on validation prompts" in res.output

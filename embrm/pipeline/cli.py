@@ -133,17 +133,19 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
 @click.option("--prompts", type=click.IntRange(min=2), default=None, help="A seeded subset of this many prompts.")
 @click.option("--bon", "bon_n", type=click.IntRange(min=1), default=None,
               help="N of the best-of-N metric on multi-response data (default: K).")
+@click.option("--standardize/--no-standardize", default=None,
+              help="Standardise features with training-split statistics [default: per method].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default="layers-out", show_default=True, type=click.Path(file_okay=False))
 @store_option
-def reproduce_layers_cmd(model_key, dataset_key, methods, folds, members, hidden, combine, prompts, bon_n, seed, out,
-                         store_uri) -> None:
+def reproduce_layers_cmd(model_key, dataset_key, methods, folds, members, hidden, combine, prompts, bon_n, standardize,
+                         seed, out, store_uri) -> None:
     """Every stored layer (and their combinations), k-fold cross-validated: one figure, one table."""
     from embrm.pipeline.reproduce_layers import LayersConfig, markdown, reproduce_layers
     from embrm.store.cli import open_any
 
     lc = LayersConfig(methods=methods, folds=folds, members=members, hidden=hidden, combine=combine or (),
-                      prompts=prompts, bon_n=bon_n, seed=seed)
+                      prompts=prompts, bon_n=bon_n, standardize=standardize, seed=seed)
     result = reproduce_layers(open_any(store_uri), model_key, dataset_key, Path(out), lc, log=click.echo)
     click.echo(markdown(result))
     click.echo(f"wrote {out}/layers.png, layers.md, layers.csv, layers.json")

@@ -50,6 +50,7 @@ class LayersConfig:
     pairs_per_prompt: int = 5  # multi-response data: simulated pairs per prompt
     annotation_quality: float = -1.0
     bon_n: int | None = None  # multi-response data: N of the best-of-N metric (default: K)
+    standardize: bool | None = None  # None: each method's default
     seed: int = 0
 
 
@@ -143,7 +144,8 @@ def reproduce_layers(store: Any, model_key: str, dataset_key: str, out: Path, lc
         for method in lc.methods:
             per: dict[str, list[np.ndarray]] = {}
             for f, (tr, va, te) in enumerate(splits):
-                cfg = TrainConfig(method=method, ensemble=lc.members, hidden=lc.hidden, seed=lc.seed + f)
+                cfg = TrainConfig(method=method, ensemble=lc.members, hidden=lc.hidden, seed=lc.seed + f,
+                                  standardize=lc.standardize)
                 model = train(ds.x, make_training_pairs(ds, dc, tr), make_training_pairs(ds, dc, va, 1000), cfg)
                 for name, v in held_out(aggregate(model.score(ds.x), "mean"), ds, te, lc.bon_n).items():
                     per.setdefault(name, []).append(v)

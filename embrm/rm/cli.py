@@ -71,9 +71,10 @@ def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pair
     log, done = model.log, model.config
     how = (f"lambda {done.l2:.3g}, {log.steps} Newton steps" if done.l2 is not None
            else f"{log.epochs} epochs, batch {log.batch_size}")
+    refit = f" (+{metrics['val_pairs']} validation pairs in the refit)" if model.validation_model else ""
     click.echo(f"trained {done.method} x{done.ensemble}{' standardised' if done.standardize else ''} on "
-               f"{metrics['train_pairs']} pairs in {log.seconds:.1f} s ({how}); validation "
-               f"({metrics['val_pairs']} pairs{', from the fit before its refit' if model.validation_model else ''}):")
+               f"{metrics['train_pairs']} pairs{refit} in {log.seconds:.1f} s ({how}); validation "
+               f"({metrics['val_pairs']} pairs{', from the fit before the refit' if refit else ''}):")
     click.echo(table(metrics))
     if out:
         click.echo(f"wrote {out}/")
