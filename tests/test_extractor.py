@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from embrm.store import open_store
 from embrm.store import schema as S
 
 from conftest import EXTRACT_SCRIPT, extract_config
+from procs import kill_after
 
 PAIRS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five, I think, or maybe six."},
@@ -296,24 +295,14 @@ def test_sigkill_during_extraction_then_rerun_continues(tmp_path, tiny_model):
     script = tmp_path / "run.py"
     script.write_text(EXTRACT_SCRIPT)
     store = tmp_path / "store"
-    p = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model), str(store), "0.3"],
-                         stdout=subprocess.PIPE, text=True)
-    seen = 0
-    for line in p.stdout:
-        if line.startswith("window"):
-            seen += 1
-            if seen == 3:
-                break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stdout.close()
+    kill_after([str(script), str(data), str(tiny_model), str(store), "0.3"], "window", 3)
     out = subprocess.run([sys.executable, str(script), str(data), str(tiny_model), str(store), "0"],
                          capture_output=True, text=True, check=True).stdout
     computed, cached = map(int, out.split("done")[1].split())
     assert cached >= 12 and computed + cached == 40 and computed > 0
     st = open_store(store)
     [e] = st.entries()
-    keys = st.cached_keys(e.model_hash).to_pylist()
+    keys = st.vectors.cached(e.model_hash).to_pylist()
     assert len(keys) == len(set(keys)) == 40 and e.status == "complete"
     emb = st.load(e.model_hash, e.dataset_hash)
     want = _reference(tiny_model, [r["prompt"] + r["response"] for r in recs])

@@ -19,6 +19,7 @@ from embrm.store import open_store
 from embrm.store import schema as S
 
 from conftest import EXTRACT_SCRIPT
+from procs import kill_after
 
 HERE = Path(__file__).parent
 pytest.importorskip("moto")
@@ -34,23 +35,14 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     script = tmp_path / "run.py"
     script.write_text(EXTRACT_SCRIPT)
-    p = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model), s3.uri, "0.3"],
-                         stdout=subprocess.PIPE, text=True)
-    seen = 0
-    for line in p.stdout:
-        seen += line.startswith("window")
-        if seen == 2:
-            break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stdout.close()
+    kill_after([str(script), str(data), str(tiny_model), s3.uri, "0.3"], "window", 2)
     store = open_store(s3.uri)
     [e] = store.entries()
-    assert e.status == "partial" and 8 <= len(store.cached_keys(e.model_hash)) < 40
+    assert e.status == "partial" and 8 <= len(store.vectors.cached(e.model_hash)) < 40
     out = _run([str(script), str(data), str(tiny_model), s3.uri, "0"]).stdout
     computed, cached = map(int, out.split("done")[1].split())
     assert computed + cached == 40 and cached >= 8
-    keys = store.cached_keys(e.model_hash).to_pylist()
+    keys = store.vectors.cached(e.model_hash).to_pylist()
     assert len(keys) == len(set(keys)) == 40 and store.resolve(e.model_hash, e.dataset_hash).status == "complete"
 
     r = CliRunner()
@@ -89,7 +81,7 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
     assert len(s3.keys(s3.uri.removeprefix("s3://embrm/"))) < before
     store = open_store(s3.uri)
     assert [x.dataset_name for x in store.entries()] == ["rw"]
-    assert len(store.cached_keys(e.model_hash)) == 80  # only the training entry's vectors are left
+    assert len(store.vectors.cached(e.model_hash)) == 80  # only the training entry's vectors are left
 
 
 def test_the_server_refuses_a_second_conditional_put(s3):
@@ -113,11 +105,26 @@ def test_two_concurrent_writers_on_s3_leave_no_duplicates(s3):
     from store_writer import MODEL, vector_for
 
     store = open_store(s3.uri)
-    keys = store.cached_keys(MODEL).to_pylist()
+    keys = store.vectors.cached(MODEL).to_pylist()
     assert len(keys) == len(set(keys)) == n
     assert store.tables.get(S.dataset_table("d" * 64)).count_rows() == n and len(store.entries()) == 1
     emb = store.load("writer-model", "writer-data")
     np.testing.assert_array_equal(emb.vectors, np.stack([vector_for(k) for k in emb.item_key]))
+
+
+def test_concurrent_first_writers_on_a_new_prefix_all_agree_on_one_store(s3):
+    """A team's first day: several jobs pointed at a new bucket prefix at once."""
+    code = "import sys; from embrm.store import open_store; open_store(sys.argv[1], create=True); print('ok')"
+    for r in range(8):  # the embrm before this fix failed in 5 of 12 such rounds
+        uri = f"{s3.uri}/new-{r}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 and o[0].strip() == "ok" for p, o in zip(procs, outs)), \
+            [o[1].strip().splitlines()[-1:] for o in outs]
+        st = open_store(uri)
+        assert st.entries() == [] and st.tables.get(S.META_TABLE).count_rows() == 2
+        assert st.tables.names() == {S.CATALOG_TABLE, S.META_TABLE}
 
 
 def test_object_store_mistakes_are_one_line_and_change_nothing(s3, tmp_path):

@@ -1,0 +1,8 @@
+"""The routes of ``embrm serve``, one module per concern, each an ``APIRouter``:
+
+* :mod:`.health`: liveness, Prometheus metrics, the served model;
+* :mod:`.embeddings`: OpenAI's ``/v1/embeddings`` and embrm's native ``/v1/embed``;
+* :mod:`.entries`: dataset uploads, dataset jobs, the catalog, entry pulls, removal, gc;
+* :mod:`.rewards`: reward models in use: the native route, OpenRLHF's, rerank, score;
+* :mod:`.rms`: published reward models (push, pull).
+"""
