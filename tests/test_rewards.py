@@ -44,16 +44,17 @@ def trained(tmp_path_factory, tiny_model):
     res = r.invoke(cli, ["extract", "--dataset", str(data), "--model", str(tiny_model), "--dtype", "float32",
                          "--store", str(store), "--quiet"])
     assert res.exit_code == 0, res.output
+    [entry] = open_store(store).entries()
     runs = {}
     for name, args in {"bt": ["--method", "bt", "--ensemble", "3", "--hidden", "16,8"],
                        "clf": ["--method", "clf", "--ensemble", "2", "--hidden", "8"],
                        "linear": ["--method", "linear", "--ensemble", "3"],
                        "lgbm": ["--method", "lgbm", "--ensemble", "2"]}.items():
-        res = r.invoke(cli, ["train", "--model-key", "tiny-llama", "--dataset-key", "train", *args, "--epochs", "3",
-                             "--out", str(d / "runs" / name), "--store", str(store)])
+        res = r.invoke(cli, ["train", "--model-key", entry.model_hash, "--dataset-key", "train", *args, "--epochs",
+                             "3", "--out", str(d / "runs" / name), "--store", str(store)])
         assert res.exit_code == 0, res.output
         runs[name] = d / "runs" / name
-    return {"dir": d, "store": store, "runs": runs, "model": tiny_model}
+    return {"dir": d, "store": store, "runs": runs, "model": tiny_model, "model_hash": entry.model_hash}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,8 @@ def test_served_rewards_equal_embrm_score_for_every_route_method_and_aggregation
     prompts = ["A new question?", "Another one, unseen?", "Third!"]
     cands = [" Lovely, thank you.", " Terrible.", " Okay I guess.", " Great, wonderful, thanks! (0)"]
     new = _multi(tmp_path / "new.jsonl", prompts, cands)
-    items = [{"prompt": p, "response": c} for p in prompts for c in cands]
+    cand = {p: [f"{c} ({i})" for c in cands] for i, p in enumerate(prompts)}  # as _multi writes them
+    items = [{"prompt": p, "response": c} for p in prompts for c in cand[p]]
     for run in trained["runs"]:
         want = _scores_via_cli(trained, run, new, tmp_path / f"{run}.parquet")
         by_key = {k: i for i, k in enumerate(want["item_key"].to_pylist())}
@@ -92,19 +94,20 @@ def test_served_rewards_equal_embrm_score_for_every_route_method_and_aggregation
             np.testing.assert_allclose([d["std"] for d in out["data"]], members[rows].std(1), atol=1e-5)
             assert all(d["cached"] for d in out["data"])  # the score command embedded them: the cache has them
         mean = want["score_mean"].to_numpy()
-        status, out = served.post("/get_reward?rm=" + run, {"query": [p + c for p in prompts for c in cands],
-                                                           "prompts": [p for p in prompts for _ in cands]})
+        status, out = served.post("/get_reward?rm=" + run, {"query": [it["prompt"] + it["response"] for it in items],
+                                                           "prompts": [it["prompt"] for it in items]})
         assert status == 200 and set(out) == {"rewards", "scores", "extra_logs"}
         keys = [item_key(it["prompt"], it["response"]) for it in items]
         np.testing.assert_allclose(out["rewards"], mean[[by_key[k] for k in keys]], atol=1e-5)
         for p in prompts:
-            status, out = served.post("/v1/rerank", {"model": run, "query": p, "documents": cands})
-            want_order = sorted(range(len(cands)), key=lambda j: -mean[by_key[item_key(p, cands[j])]])
+            docs = cand[p]
+            status, out = served.post("/v1/rerank", {"model": run, "query": p, "documents": docs})
+            want_order = sorted(range(len(docs)), key=lambda j: -mean[by_key[item_key(p, docs[j])]])
             assert [r["index"] for r in out["results"]] == want_order, (run, out)  # a brute-force sort
-            assert [r["document"]["text"] for r in out["results"]] == [cands[j] for j in want_order]
-            status, out = served.post("/score", {"model": run, "text_1": p, "text_2": cands})
+            assert [r["document"]["text"] for r in out["results"]] == [docs[j] for j in want_order]
+            status, out = served.post("/score", {"model": run, "text_1": p, "text_2": docs})
             np.testing.assert_allclose([d["score"] for d in out["data"]],
-                                       [mean[by_key[item_key(p, c)]] for c in cands], atol=1e-5)
+                                       [mean[by_key[item_key(p, c)]] for c in docs], atol=1e-5)
     status, body, _ = http("POST", served.url + "/v1/rewards", json.dumps({"rm": "bt", "items": items[:3],
                                                                            "members": True}).encode(),
                            {"Content-Type": "application/json", "Accept": "application/vnd.apache.arrow.stream"})
@@ -156,6 +159,7 @@ def test_listing_bad_input_and_what_cannot_be_served(served, trained):
     listed = {d["name"]: d for d in json.loads(raw)["data"]}
     assert set(listed) == {"bt", "clf", "linear", "lgbm"} and listed["bt"]["members"] == 3
     assert listed["bt"]["servable"] and listed["bt"]["source"] == "dir" and "validation" in str(listed["bt"]["metrics"])
+    time.sleep(1)  # the committer has written what earlier requests computed
     st = open_store(trained["store"])
     before = {n: st.tables.get(n).version for n in st.tables.names()}
     for path, payload, code in [("/v1/rewards", {"rm": "nope", "items": [{"prompt": "a", "response": "b"}]}, 404),
@@ -220,13 +224,23 @@ def test_push_ls_pull_round_trip_and_a_service_picks_up_a_pushed_run(served, tra
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"run_format": 2, "train": {"method": "bt", "ensemble": 2},
                                                  "dim": 32}))
-    (bad / "weights.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    (bad / "weights.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     res = r.invoke(cli, ["rm", "push", str(bad), "--name", "bad", "--store", served.url])
     assert res.exit_code == 2 and "does not hold 2 members" in res.output, res.output
+    from embrm.store.wire import run_files_ipc  # the server checks too, whatever a client sends
+
+    files = {f.name: f.read_bytes() for f in bad.iterdir()}
+    status, raw, _ = http("PUT", served.url + "/v1/rms/bad", run_files_ipc(files),
+                          {"Content-Type": "application/vnd.apache.arrow.stream"})
+    assert status == 400 and "does not hold 2 members" in json.loads(raw)["error"]["message"]
+    status, raw, _ = http("PUT", served.url + "/v1/rms/bad", run_files_ipc({**files, "../evil.json": b"{}"}),
+                          {"Content-Type": "application/vnd.apache.arrow.stream"})
+    assert status == 400 and "is not a file a run holds" in json.loads(raw)["error"]["message"]
+    assert "bad" not in {d["name"] for d in json.loads(served.get("/v1/rms")[1])["data"]}
 
 
 def test_train_push_publishes_from_a_trainer_elsewhere(served, trained):
-    res = CliRunner().invoke(cli, ["train", "--model-key", "tiny-llama", "--dataset-key", "train", "--method",
+    res = CliRunner().invoke(cli, ["train", "--model-key", trained["model_hash"], "--dataset-key", "train", "--method",
                                    "linear", "--epochs", "2", "--push", "remote-trained", "--store", served.url])
     assert res.exit_code == 0 and "pushed remote-trained to " + served.url in res.output, res.output
     assert "remote-trained" in {r["name"] for r in open_store(trained["store"]).runs()}

@@ -72,6 +72,15 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
                          "--epochs", "3", "--bon", "1,2,4", "--out", str(tmp_path / "run"), "--store", s3.uri])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["store"] == s3.uri
+    # publish the run in the bucket, list it, pull it back bit for bit; gc keeps it
+    res = r.invoke(cli, ["rm", "push", str(tmp_path / "run"), "--name", "s3-linear", "--store", s3.uri])
+    assert res.exit_code == 0 and "pushed s3-linear (linear x1" in res.output, res.output
+    res = r.invoke(cli, ["rm", "ls", "--store", s3.uri])
+    assert res.exit_code == 0 and "s3-linear" in res.output
+    res = r.invoke(cli, ["rm", "pull", "s3-linear", "--out", str(tmp_path / "pulled"), "--store", s3.uri])
+    assert res.exit_code == 0, res.output
+    for f in ("config.json", "weights.safetensors", "metrics.json"):
+        assert (tmp_path / "pulled" / f).read_bytes() == (tmp_path / "run" / f).read_bytes()
 
     res = r.invoke(cli, ["store", "rm", e.model_hash[:8], "d", "--store", s3.uri])
     assert res.exit_code == 0
@@ -82,6 +91,7 @@ def test_extract_with_a_sigkill_resume_cli_and_training_on_s3(s3, tmp_path, tiny
     store = open_store(s3.uri)
     assert [x.dataset_name for x in store.entries()] == ["rw"]
     assert len(store.vectors.cached(e.model_hash)) == 80  # only the training entry's vectors are left
+    assert [x["name"] for x in store.runs()] == ["s3-linear"]
 
 
 def test_the_server_refuses_a_second_conditional_put(s3):

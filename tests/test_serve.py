@@ -232,7 +232,16 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(tmp_path, tiny_model
     from embrm.extractor.embedder import EmbeddingSpec
     from embrm.serve.runtime import build
 
-    app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu")
+    # a reward model to serve, so that the reward routes are fuzzed past the lookup of their model
+    data = tmp_path / "rw.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i // 4}", "response": f" r{i}", "reward": float(i % 5)})
+                            + "\n" for i in range(40)))
+    res = extract(extract_config(data, tiny_model, tmp_path / "s", dtype="float32", quiet=True))
+    r = CliRunner().invoke(cli, ["train", "--model-key", res.model_hash, "--dataset-key", "rw", "--method", "linear",
+                                 "--epochs", "2", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu",
+                     rms={"lin": tmp_path / "run"})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures = []
     from schemathesis.python import asgi
