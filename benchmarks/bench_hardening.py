@@ -25,13 +25,13 @@ import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
-from bench_serve import HH, post, start_server
 
 from embrm.extractor.datasets import DatasetSpec, iter_rows
 from embrm.store import open_store
 from embrm.store import schema as S
 
 from _common import machine_line, table, write_json
+from bench_serve import HH, post, start_server
 
 
 def rss(pid: int, field: str = "VmRSS") -> int:

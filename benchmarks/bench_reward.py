@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_serve import HH, load, post, start_server
 
 from embrm.extractor.datasets import DatasetSpec, iter_rows
 
 from _common import machine_line, table, write_json
+from bench_serve import HH, load, post, start_server
 
 
 def cli(*args: str) -> str:
