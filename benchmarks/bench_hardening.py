@@ -45,20 +45,24 @@ def raw(url: str, body: bytes, ctype: str) -> int:
         return r.status
 
 
+def together(calls: list[tuple]) -> float:
+    """Run ``raw(*args)`` for each of ``calls`` in its own thread; the wall seconds."""
+    threads = [threading.Thread(target=raw, args=args) for args in calls]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
 def memory(d: Path, upload_mb: int) -> dict:
     proc, url = start_server(d / "store", "--max-upload-bytes", str(upload_mb << 20))
     try:
         post(url + "/v1/embeddings", {"input": "warm up"})
         out = {"idle_mb": rss(proc.pid)}
         big = json.dumps({"input": "word " * (6 << 20)}).encode()
-        threads = [threading.Thread(target=raw, args=(url + "/v1/embeddings", big, "application/json"))
-                   for _ in range(8)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        out["requests_s"] = time.perf_counter() - t
+        out["requests_s"] = together([(url + "/v1/embeddings", big, "application/json")] * 8)
         time.sleep(3)  # the committer writes what was computed, then the buffers are free
         out["after_requests_mb"] = rss(proc.pid)
         row = {"prompt": "p" * 1000, "response": "r" * 1000, "prompt_id": 0, "response_index": 0, "role": "",
@@ -71,14 +75,8 @@ def memory(d: Path, upload_mb: int) -> dict:
             w.write_table(t_, max_chunksize=8192)
         body = sink.getvalue().to_pybytes()
         out["upload_mb"] = len(body) >> 20
-        threads = [threading.Thread(target=raw, args=(f"{url}/v1/datasets?kind=pointwise&name=big-{i}", body,
-                                                      "application/vnd.apache.arrow.stream")) for i in range(4)]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        out["uploads_s"] = time.perf_counter() - t
+        out["uploads_s"] = together([(f"{url}/v1/datasets?kind=pointwise&name=big-{i}", body,
+                                      "application/vnd.apache.arrow.stream") for i in range(4)])
         out["after_uploads_mb"] = rss(proc.pid)
         out["peak_mb"] = rss(proc.pid, "VmHWM")
         # a small request behind a large one
