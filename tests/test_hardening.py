@@ -142,6 +142,22 @@ def test_every_bad_upload_is_a_400_naming_the_problem(guarded, what, body, messa
     assert _versions(guarded.store) == before and guarded.get("/health")[0] == 200
 
 
+def test_pairs_split_across_record_batches_are_checked_as_pairs(guarded):
+    sink = pa.BufferOutputStream()
+    table = _table(**{k: v * 3 for k, v in _rows(4).items()})  # 12 rows, 6 pairs
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table, max_chunksize=3)  # batches of 3: pairs split across batches
+    status, out = _put(guarded, sink.getvalue().to_pybytes(), "kind=pairwise&name=split-pairs")
+    assert status == 200 and out["rows"] == 12, out
+    bad = _table(**{k: v * 3 for k, v in _rows(4).items()}).to_pydict()
+    bad["role"][9] = "chosen"  # the fifth pair (rows 8, 9), split across the third and fourth batch: two chosen
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(pa.table(bad, schema=table.schema), max_chunksize=3)
+    status, out = _put(guarded, sink.getvalue().to_pybytes())
+    assert status == 400 and "rows 8 and 9 are not a (chosen, rejected) pair" in out["error"]["message"], out
+
+
 def test_broken_arrow_streams_never_get_a_server_error(guarded):
     """Property-based: a valid upload cut, flipped, spliced or retyped at random."""
     from hypothesis import HealthCheck, given, settings

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,7 @@ class RewardModels:
         self._version: int | None = -1
         self._checked = 0.0
         self._cache = Path(tempfile.mkdtemp(prefix="embrm-rms-"))
+        self.scorer = Scorer()
         for name, path in (dirs or {}).items():
             cfg = runformat.read_config(path)
             problem = fit_problem(cfg, model_hash, self.layers, dim)
@@ -87,6 +89,7 @@ class RewardModels:
             self._dirs[name] = ServedRun(name, "dir", runformat.summary(name, cfg, _metrics(path)), None, Path(path))
 
     def close(self) -> None:
+        self.scorer.stop()
         shutil.rmtree(self._cache, ignore_errors=True)
 
     # ------------------------------------------------------------- listing
@@ -149,11 +152,78 @@ class RewardModels:
             return run
 
     # ------------------------------------------------------------- scoring
-    def score(self, run: ServedRun, vectors: list[ItemVectors]) -> np.ndarray:
-        """Every member's reward of each item, ``(members, items)`` float32."""
-        assert run.model is not None
+    def score(self, run: ServedRun, vectors: list[ItemVectors]) -> Future[np.ndarray]:
+        """Every member's reward of each item, ``(members, items)`` float32, from the
+        scoring thread (which scores concurrent requests' items together)."""
         x = np.stack([v.vectors[run.layer] for v in vectors]).astype(np.float32, copy=False)
-        return run.model.score(x)
+        return self.scorer.submit(run, x)
+
+
+class Scorer:
+    """One thread runs the reward heads for every request, items of concurrent requests
+    for the same run in one forward pass.
+
+    A head is a few matmuls, and small ones waste most of a CPU core's throughput: on the
+    2-core dev machine the default 5-member ensemble scored 64 items at 2.4x less per item
+    than 512. So requests queue their items here; the thread takes everything queued (up
+    to ``max_items``), scores each run's items at once and hands each request its rows.
+    Results do not depend on the company a request had (float32, row-independent).
+    """
+
+    def __init__(self, max_items: int = 4096):
+        self.max_items = max_items
+        self._cv = threading.Condition()
+        self._queue: list[tuple[ServedRun, np.ndarray, Future[np.ndarray]]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="embrm-rewards", daemon=True)
+        self._thread.start()
+
+    def submit(self, run: ServedRun, x: np.ndarray) -> Future[np.ndarray]:
+        f: Future[np.ndarray] = Future()
+        with self._cv:
+            if self._stop:
+                raise RuntimeError("the service is shutting down")
+            self._queue.append((run, x, f))
+            self._cv.notify()
+        return f
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(10)
+
+    def _take(self) -> list[tuple[ServedRun, np.ndarray, Future[np.ndarray]]] | None:
+        with self._cv:
+            while not self._queue and not self._stop:
+                self._cv.wait()
+            if self._stop and not self._queue:
+                return None
+            taken, n = [], 0
+            while self._queue and (not taken or n + len(self._queue[0][1]) <= self.max_items):
+                job = self._queue.pop(0)
+                taken.append(job)
+                n += len(job[1])
+            return taken
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            by_run: dict[int, list[tuple[ServedRun, np.ndarray, Future[np.ndarray]]]] = {}
+            for job in jobs:
+                by_run.setdefault(id(job[0]), []).append(job)
+            for group in by_run.values():
+                run = group[0][0]
+                try:
+                    assert run.model is not None
+                    scores = run.model.score(np.concatenate([x for _, x, _ in group]))
+                except BaseException as e:  # a failed batch fails its requests, not the thread
+                    for _, _, f in group:
+                        f.set_exception(e)
+                    continue
+                at = 0
+                for _, x, f in group:
+                    f.set_result(scores[:, at:at + len(x)])
+                    at += len(x)
 
 
 def combine(scores: np.ndarray, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:

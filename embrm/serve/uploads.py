@@ -116,23 +116,24 @@ def _checked_rows(path: Path, kind: str) -> Iterator[pa.RecordBatch]:
     at = 0
     carry: pa.RecordBatch | None = None  # a pair's first row, when a batch ends between the two
     while True:
+        start = at + (0 if carry is None else carry.num_rows)  # the row number of this batch's first row
         try:
             raw = reader.read_next_batch()
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError) as e:
-            raise EmbrmError(f"the Arrow stream is cut short or damaged after row {at} ({_first_line(e)})") from None
+            raise EmbrmError(f"the Arrow stream is cut short or damaged after row {start} ({_first_line(e)})") \
+                from None
         try:
             raw.validate(full=True)  # invalid UTF-8, offsets out of bounds
         except pa.ArrowInvalid as e:
-            raise EmbrmError(f"rows {at}-{at + raw.num_rows - 1} are not valid Arrow data ({_first_line(e)}); "
+            raise EmbrmError(f"rows {start}-{start + raw.num_rows - 1} are not valid Arrow data ({_first_line(e)}); "
                              "text must be UTF-8") from None
-        b = _cast(raw.select(S.UPLOAD_SCHEMA.names), at)
-        _check_values(b, at)
+        b = _cast(raw.select(S.UPLOAD_SCHEMA.names), start)
+        _check_values(b, start)
         if kind == "pairwise":
             if carry is not None:
                 b = pa.concat_batches([carry, b])
-                at -= 1
             carry, b = (b.slice(b.num_rows - 1), b.slice(0, b.num_rows - 1)) if b.num_rows % 2 else (None, b)
             _check_pairs(b, at)
         else:

@@ -14,6 +14,7 @@ and scores with a served run's ensemble (:mod:`embrm.serve.rewards`):
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -63,7 +64,7 @@ async def score_items(svc: Service, rm: str | None, prompts: list[str], response
     """Embed (cache first) and score items with one served run."""
     run = await run_in_threadpool(_run, svc, rm)
     vecs, cached, keys = await svc.embed(prompts, responses)
-    scores = await run_in_threadpool(svc.rms.score, run, vecs)
+    scores = await asyncio.wrap_future(svc.rms.score(run, vecs))
     return Scored(run, scores, vecs, cached, keys)
 
 
