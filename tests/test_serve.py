@@ -132,19 +132,21 @@ def _metric(text: str, name: str) -> float:
 
 
 # ------------------------------------------------------------------- auth
-def test_every_route_needs_a_token_but_health(tmp_path, tiny_model):
+def test_every_route_needs_a_token_but_health_and_the_page_shell(tmp_path, tiny_model):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
     from embrm.extractor.embedder import EmbeddingSpec
+    from embrm.serve.guard import public
     from embrm.serve.runtime import build
 
     token = "secret-token-of-the-team-0123"
     app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu",
                      tokens={"alice": token})
     routes = [r for r in svc_app_routes(app) if isinstance(r, Route)]
-    assert {"/health", "/v1/embeddings", "/v1/embed", "/v1/entries", "/metrics", "/openapi.json"} <= \
-        {r.path for r in routes}
+    assert {"/health", "/v1/embeddings", "/v1/embed", "/v1/entries", "/v1/jobs", "/v1/stats", "/metrics",
+            "/openapi.json", "/"} <= {r.path for r in routes}
+    assert {r.path for r in routes if public(r.path)} == {"/health", "/", "/page/{name}"}
     with TestClient(app) as c:
         for r in routes:
             path = re.sub(r"{[^}]+}", "x", r.path)
@@ -152,7 +154,7 @@ def test_every_route_needs_a_token_but_health(tmp_path, tiny_model):
                 for headers, allowed in (({}, False), ({"Authorization": "Bearer wrong-token-xxxxxxxx"}, False),
                                          ({"Authorization": f"Bearer {token}"}, True)):
                     res = c.request(method, path, headers=headers)
-                    if r.path == "/health" or allowed:
+                    if public(r.path) or allowed:  # /health and the page's static shell (no data in it)
                         assert res.status_code != 401, (method, r.path, headers)
                     else:
                         assert res.status_code == 401, (method, r.path, headers)

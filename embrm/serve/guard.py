@@ -3,8 +3,9 @@ metrics, safe logs.
 
 One plain ASGI middleware, so that nothing reaches a route unchecked:
 
-* **auth**: when tokens are configured, every path except ``/health`` needs
-  ``Authorization: Bearer <token>`` (the OpenAPI document and the page included), else
+* **auth**: when tokens are configured, every path except ``/health`` and the page's
+  static shell (``/``, ``/page/*``: no data in them) needs ``Authorization: Bearer
+  <token>`` (the OpenAPI document and every API route the page calls included), else
   401, logged with the route and the source address (never the token);
 * **body limits**: a declared ``Content-Length`` far over the limit is answered 413 (and
   the connection closed) before a byte of the body is read; one a little over (at most
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
     from embrm.serve.settings import Settings
 
 log = logging.getLogger("embrm.serve")
-PUBLIC = {"/health"}
+#: Paths anyone may GET: liveness, and the page's static shell (HTML, CSS, JS that hold no
+#: data: every number on the page comes from the API, with the token the user enters).
+PUBLIC = {"/health", "/"}
+PUBLIC_PREFIX = "/page/"
 #: Routes whose bodies may be as large as ``max_upload_bytes`` and are streamed by the route.
 STREAMED = ("/v1/datasets", "/v1/rms/")
 DRAIN_BYTES = 8 << 20  # a body this much over the limit is read (and dropped) so the client sees the 413
@@ -47,6 +51,10 @@ DRAIN_SECONDS = 5.0
 def safe(text: str) -> str:
     """A user-controlled string fit for one log line (no forged lines, no NUL bytes)."""
     return printable(text, 200)
+
+
+def public(path: str) -> bool:
+    return path in PUBLIC or path.startswith(PUBLIC_PREFIX)
 
 
 def streamed(path: str) -> bool:
@@ -79,7 +87,7 @@ class Guard:
     async def _guarded(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path, method = scope["path"], scope["method"]
-        if self.tokens and path not in PUBLIC:
+        if self.tokens and not public(path):
             name = who(headers.get("authorization"), self.tokens)
             if name is None:
                 client = scope.get("client") or ("?", 0)

@@ -40,7 +40,7 @@ log = logging.getLogger("embrm.serve")
 
 @dataclass
 class Job:
-    """A dataset job's state, as ``GET /v1/entries/{model}/{dataset}`` reports it."""
+    """A dataset job's state, as ``GET /v1/entries/{model}/{dataset}`` and ``GET /v1/jobs`` report it."""
 
     model_hash: str
     dataset_hash: str
@@ -60,8 +60,9 @@ class Job:
     def update(self, n: int) -> None:  # the loop's progress bar
         self.done_rows += n
 
-    def set_postfix(self, **_: Any) -> None:
-        pass
+    def set_postfix(self, cached: int | None = None, **_: Any) -> None:
+        if cached is not None:  # live, for GET /v1/jobs; the final counts replace it
+            self.cached = cached
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -84,6 +85,13 @@ class Jobs:
     def get(self, model_hash: str, dataset_hash: str) -> Job | None:
         with self._lock:
             return self._jobs.get(S.entry_id(model_hash, dataset_hash))
+
+    def list(self) -> list[Job]:
+        """Every job this process ran or runs: running ones first, then the newest."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        jobs.sort(key=lambda j: j.started_at, reverse=True)
+        return sorted(jobs, key=lambda j: j.status != "running")
 
     def running(self, model_hash: str | None = None, dataset_hash: str | None = None) -> bool:
         """Whether any job (or that entry's job) is running."""
@@ -139,9 +147,16 @@ class Jobs:
             self.metrics.job_total.labels(eid[:40]).set(job.rows)
 
             def window_done(n: int) -> None:
+                job.computed, job.seconds = job.computed + n, time.perf_counter() - t0
                 self.metrics.job_rows.labels(eid[:40]).set(job.done_rows)
 
-            counts = run_local(plan, self.store, self._embed, self.window, on_window=window_done, progress=job,
+            def embed(prompts: list[str], responses: list[str]) -> Embedded:
+                t = time.perf_counter()  # tokens/s while the job runs (the loop's counts come at its end)
+                out = self._embed(prompts, responses)
+                job.tokens, job.compute_seconds = job.tokens + out.tokens, job.compute_seconds + time.perf_counter() - t
+                return out
+
+            counts = run_local(plan, self.store, embed, self.window, on_window=window_done, progress=job,
                                should_stop=self._stop.is_set)
             job.computed, job.cached, job.duplicates = counts.computed, counts.cached, counts.duplicates
             job.tokens, job.compute_seconds = counts.tokens, counts.compute_seconds

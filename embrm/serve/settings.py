@@ -28,6 +28,7 @@ class Settings:
     commit_seconds: float = 2.0  # ...or this often
     window: int = 1024  # rows per commit of a dataset job
     hot_bytes: int = 256 << 20  # recently used vectors kept in memory
+    max_page_entries: int = 1000  # entries one page of GET /v1/entries may hold (the page asks for less)
     # slow clients: a request's headers must arrive within header_timeout; its body may
     # pause at most body_idle_timeout between pieces and take body_timeout in all
     header_timeout: float = 10.0

@@ -2,16 +2,17 @@
 
 * ``PUT /v1/datasets``: normalised rows (Arrow), fingerprinted as a local extraction does;
 * ``POST /v1/entries``: extract an uploaded dataset with the served model (a job);
-* ``GET /v1/entries``, ``GET /v1/entries/{model}/{dataset}``: the catalog and a job's state;
+* ``GET /v1/entries``, ``GET /v1/entries/{model}/{dataset}``: the catalog (paged) and a job's state;
+* ``GET /v1/jobs``: the dataset jobs of this process and their progress;
 * ``GET /v1/entries/{model}/{dataset}/vectors``: an entry as an Arrow stream (ETag'd);
 * ``DELETE /v1/entries/{model}/{dataset}`` and ``POST /v1/gc``: what ``embrm store rm``
   and ``embrm store gc --store http://...`` reach.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from embrm.errors import EmbrmError
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
+from embrm.serve.listing import Sort, select, vector_bytes
 from embrm.serve.prefetch import prefetched
 from embrm.serve.pulls import entry_stream
 from embrm.serve.service import Service
@@ -92,9 +94,25 @@ async def post_entry(svc: Svc, req: EntryRequest) -> dict[str, Any]:
 
 
 @router.get("/v1/entries")
-async def list_entries(svc: Svc) -> dict[str, Any]:
+async def list_entries(svc: Svc, offset: Annotated[int, Query(ge=0)] = 0,
+                       limit: Annotated[int | None, Query(ge=1)] = None,
+                       q: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
+                       sort: Sort | None = None, order: Literal["asc", "desc"] = "asc") -> dict[str, Any]:
+    """The catalog; with ``offset``/``limit`` one page of it, filtered by ``q`` and sorted
+    by ``sort`` (see :mod:`embrm.serve.listing`). Without them, every entry, as before."""
+    if limit is not None and limit > svc.settings.max_page_entries:
+        raise ApiError(400, f"limit={limit} is over {svc.settings.max_page_entries} entries a page; ask for less and "
+                            "page with offset", "limit", "limit_too_large")
     entries = await run_in_threadpool(svc.store.entries)
-    return {"object": "list", "data": [entry_json(e) for e in entries]}
+    page, total = select(entries, q, sort, order == "desc", offset, limit)
+    return {"object": "list", "data": [{**entry_json(e), "vector_bytes": vector_bytes(e)} for e in page],
+            "total": total, "offset": offset, "limit": limit}
+
+
+@router.get("/v1/jobs")
+async def list_jobs(svc: Svc) -> dict[str, Any]:
+    """This process's dataset jobs, running ones first: rows done of all, tokens/s."""
+    return {"object": "list", "data": [j.as_dict() for j in svc.jobs.list()]}
 
 
 @router.get("/v1/entries/{model}/{dataset}")
