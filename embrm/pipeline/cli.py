@@ -134,7 +134,9 @@ def _new_texts(kw: dict[str, Any]) -> tuple[Any, Any, Any]:
     if server and kw["store_uri"]:
         raise EmbrmError("--server URL is another way to write --store URL: give one of them")
     uri = server or kw.pop("store_uri")
-    return dataset_spec(kw), open_store(uri, create=True), RunOptions(store=uri, quiet=kw.pop("quiet"))
+    quiet = kw.pop("quiet")
+    _quiet_hf(quiet)
+    return dataset_spec(kw), open_store(uri, create=True), RunOptions(store=uri, quiet=quiet)
 
 
 NEW_TEXTS = [click.option("--server", default=None, metavar="URL", help="Embed on an `embrm serve` service (its "
