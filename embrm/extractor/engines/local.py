@@ -52,8 +52,10 @@ class LocalEngine:
 
     @contextlib.contextmanager
     def session(self, embedder: Embedder) -> Iterator[None]:
+        import torch
+
         embedder.load()  # a bad model, tokenizer or layer fails before anything is written
-        with CoreShare() as self.cores:
+        with CoreShare(cores=torch.get_num_threads()) as self.cores:  # at most what torch was given
             yield
 
     def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
