@@ -193,6 +193,17 @@ def test_a_request_larger_than_the_queue_is_413_not_a_429_for_ever(guarded):
     assert status == 200
 
 
+def test_a_body_declared_far_over_the_limit_is_refused_before_it_is_read(guarded):
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        t0 = time.monotonic()
+        sock.sendall(b"PUT /v1/datasets?kind=pairwise HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nContent-Length: 10000000000\r\n\r\n" + b"y" * 1000)
+        got = sock.recv(300)
+        assert got.startswith(b"HTTP/1.1 413") and time.monotonic() - t0 < 5, got
+        assert b"connection: close" in got.lower()
+
+
 def test_logs_escape_what_users_control_and_record_refusals(guarded):
     http("GET", guarded.url + "/v1/entries/%0Aforged%20line%20INFO/x%00y", None, AUTH)
     http("GET", guarded.url + "/v1/entries", None, {"Authorization": "Bearer not-the-token-at-all"})
