@@ -335,7 +335,10 @@ def test_store_ls_escapes_control_characters_an_older_store_may_hold(tmp_path):
 
 
 def test_concurrent_extractions_share_the_work(tmp_path, tiny_model):
-    """Three processes on the same data: every item computed once in all, no duplicates."""
+    """Three processes on the same data: every item computed once in all, no duplicates.
+
+    How the 240 items split depends on when each process gets going (one that starts
+    late may find everything done), so only the total is asserted."""
     import subprocess
     import sys
 
@@ -349,7 +352,7 @@ def test_concurrent_extractions_share_the_work(tmp_path, tiny_model):
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     computed = [int(o[0].split("computed ")[1].split()[0]) for o in outs]
-    assert sum(computed) == 240 and max(computed) < 240, computed  # shared, each item once
+    assert sum(computed) == 240, computed  # each item once, whoever computed it
     st = open_store(tmp_path / "store")
     [e] = st.entries()
     keys = st.vectors.cached(e.model_hash).to_pylist()

@@ -198,3 +198,28 @@ def test_credentials_appear_nowhere(s3, tmp_path, tiny_model):
     assert "embrm serve: http://127.0.0.1:" in line and json.loads(catalog)
     for secret in (s3.secret, s3.secret[:16]):
         assert secret not in haystack
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_racing_creators_of_one_table_get_one_table_at_version_one(s3, tmp_path, where):
+    """Lance's own create rebases a loser onto the winner's table as an overwrite
+    (lance#4451), which wiped rows another writer had merged; embrm's must not."""
+    import threading
+
+    uri = s3.uri + "/race" if where == "s3" else str(tmp_path / "race")
+    tables = open_store(uri, create=True).tables
+    schema = S.ROW_SCHEMA
+    for r in range(4):
+        name, barrier, versions = f"t{r}", threading.Barrier(6), []
+
+        def create() -> None:
+            barrier.wait(timeout=60)
+            versions.append(tables.create(name, schema).version)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        ds = tables.get(name)
+        assert versions == [1] * 6 and ds.version == 1 and len(ds.versions()) == 1, (versions, ds.versions())

@@ -114,10 +114,11 @@ class RewardModels:
                 fresh[s["name"]] = ServedRun(s["name"], "store", s, problem, version=s["pushed_at"])
             self._published, self._version = fresh, version
 
-    def list(self) -> list[ServedRun]:
+    def list(self, fresh: bool = False) -> list[ServedRun]:
         """``--rm`` runs first (in the order given), then published ones by name; a name
-        given with ``--rm`` hides a published run of the same name."""
-        self.refresh()
+        given with ``--rm`` hides a published run of the same name. ``fresh`` looks at
+        the registry now: a listing a person asks for shows a run pushed a moment ago."""
+        self.refresh(force=fresh)
         with self._lock:
             return [*self._dirs.values(), *(r for n, r in sorted(self._published.items()) if n not in self._dirs)]
 
@@ -133,6 +134,9 @@ class RewardModels:
                                   "with `embrm rm push`")
         else:
             run = next((r for r in runs if r.name == name), None)
+            if run is None:  # pushed since the last look?
+                runs = self.list(fresh=True)
+                run = next((r for r in runs if r.name == name), None)
             if run is None:
                 known = ", ".join(r.name for r in runs) or "none"
                 raise LookupError(f"no reward model named {name!r} here (served: {known}); GET /v1/rms lists them")

@@ -129,15 +129,26 @@ class Tables(ABC):
     def create(self, name: str, schema: pa.Schema, data: pa.Table | None = None) -> lance.LanceDataset:
         """Create a table (empty, or with ``data``) as one commit; if another writer created
         it first, open theirs. Writers that create the same table at once (a team's first
-        jobs on a new bucket) all end with the one table: the losers see "already exists"
-        or a commit conflict, depending on the backend, and open the winner's."""
+        jobs on a new bucket) all end with the one table.
+
+        Not ``write_dataset(mode="create")``: Lance rebases a create that lost the race for
+        version 1 onto the winner's table as an overwrite at version 2 (lance#4451), which
+        on object storage was seen to wipe rows another writer had already merged. A commit
+        with no retries cannot be rebased: exactly one creator gets version 1 and every
+        other one fails and opens it (10 of 10 rounds of six racing creators, local and S3;
+        ``mode="create"`` made two tables in 3 to 7 of 10).
+        """
         import lance
+        from lance import LanceOperation
 
         if (ds := self.open(name)) is not None:
             return ds
         try:
-            return lance.write_dataset(data if data is not None else schema.empty_table(), self.path(name),
-                                       schema=schema, mode="create", storage_options=self.lance_options)
+            fragments = [] if data is None or len(data) == 0 else lance.fragment.write_fragments(
+                data.cast(schema), self.path(name), schema=schema, storage_options=self.lance_options)
+            return lance.LanceDataset.commit(self.path(name), LanceOperation.Overwrite(schema, fragments),
+                                             max_retries=0, enable_v2_manifest_paths=True,
+                                             storage_options=self.lance_options)
         except (OSError, ValueError, RuntimeError) as e:
             self.explain(e)
             for _ in range(50):  # the winner's commit may need a moment to show on object storage

@@ -84,7 +84,7 @@ def _usage(s: Scored) -> dict[str, int]:
 # ------------------------------------------------------------------ listing
 @router.get("/v1/rms")
 async def list_rms(svc: Svc) -> dict[str, Any]:
-    runs = await run_in_threadpool(svc.rms.list)
+    runs = await run_in_threadpool(svc.rms.list, True)
     return {"object": "list", "data": [r.listing() for r in runs]}
 
 
