@@ -114,9 +114,9 @@ def store_entry(path, x, r, model="synthetic-model", dataset="synthetic-data"):
     rows = [{"position": i, "item_key": item_key(f"p{i // k}", f"r{i}"), "prompt_id": i // k,
              "response_index": i % k, "role": "", "label": None, "reward": float(r.reshape(-1)[i]),
              "prompt": f"p{i // k}", "response": f"r{i}"} for i in range(p * k)]
-    store.write_dataset_rows("d" * 64, rows, len(rows))
+    store.rows.write("d" * 64, rows, len(rows))
     store.begin_entry("m" * 64, model, {}, "d" * 64, dataset, {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
+    store.writer.write("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
                         np.zeros(len(rows), bool))
     store.finish_entry("m" * 64, "d" * 64)
     return store

@@ -243,8 +243,6 @@ def _multi_store(path, p=60, k=6, d=16, seed=0):
     return store_entry(path, x, (x @ rng.standard_normal(d)).reshape(p, k))
 
 
-
-
 def test_train_eval_score_run_directory(tmp_path):
     store = _multi_store(tmp_path / "store")
     out = tmp_path / "run"
@@ -441,7 +439,7 @@ def test_pairwise_prompt_ids_follow_prompt_text_so_splits_are_prompt_disjoint(tm
     assert v.shape[0] == 40 and len(set(pid)) == 7
     ds = from_embeddings(emb)
     tr, va = split_prompts(ds.n_prompts, 0.3, 0)
-    rows = store.dataset_rows(res.dataset_hash, ["prompt"]).column("prompt").to_pylist()
+    rows = store.rows.read(res.dataset_hash, ["prompt"]).column("prompt").to_pylist()
     by_item = {}
     order = np.lexsort((emb.response_index, emb.prompt_id))  # items as from_embeddings arranges them
     for flat, row in enumerate(order):

@@ -1,11 +1,15 @@
-"""``embrm generate``, ``annotate``, ``demo`` and ``reproduce`` (``ensemble``, ``layers``)."""
+"""``embrm generate``, ``annotate``, ``demo``, ``reproduce`` (``ensemble``, ``layers``), and
+``score`` / ``rerank`` (reward models on stored entries or on new texts)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from embrm.options import FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
+from embrm.extractor.cli import dataset_options, dataset_spec
+from embrm.options import FINITE, FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
 
 
 def _quiet_hf(quiet: bool) -> None:
@@ -111,10 +115,10 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
                            store_uri) -> None:
     """Mean vs min vs single ensembles across annotation qualities: one figure, one table."""
     from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
     rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed)
-    rows = reproduce_ensemble(open_any(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
+    rows = reproduce_ensemble(open_store(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
                               log=click.echo)
     click.echo(markdown(rows))
     click.echo(f"wrote {out}/ensemble.png, ensemble.md, ensemble.csv")
@@ -142,10 +146,87 @@ def reproduce_layers_cmd(model_key, dataset_key, methods, folds, members, hidden
                          seed, out, store_uri) -> None:
     """Every stored layer (and their combinations), k-fold cross-validated: one figure, one table."""
     from embrm.pipeline.reproduce_layers import LayersConfig, markdown, reproduce_layers
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
     lc = LayersConfig(methods=methods, folds=folds, members=members, hidden=hidden, combine=combine or (),
                       prompts=prompts, bon_n=bon_n, standardize=standardize, seed=seed)
-    result = reproduce_layers(open_any(store_uri), model_key, dataset_key, Path(out), lc, log=click.echo)
+    result = reproduce_layers(open_store(store_uri), model_key, dataset_key, Path(out), lc, log=click.echo)
     click.echo(markdown(result))
     click.echo(f"wrote {out}/layers.png, layers.md, layers.csv, layers.json")
+
+
+def _new_texts(kw: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(dataset spec, store, run options) of ``score``/``rerank`` on new texts."""
+    from embrm.errors import EmbrmError
+    from embrm.extractor.config import RunOptions
+    from embrm.store import open_store
+
+    server = kw.pop("server")
+    if server and kw["store_uri"]:
+        raise EmbrmError("--server URL is another way to write --store URL: give one of them")
+    uri = server or kw.pop("store_uri")
+    quiet = kw.pop("quiet")
+    _quiet_hf(quiet)
+    return dataset_spec(kw), open_store(uri, create=True), RunOptions(store=uri, quiet=quiet)
+
+
+NEW_TEXTS = [click.option("--server", default=None, metavar="URL", help="Embed on an `embrm serve` service (its "
+                          "model must be the run's): the same as --store URL."),
+             click.option("--quiet", is_flag=True, help="No progress bars.")]
+
+
+def new_text_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = dataset_options(required=False)(fn)
+    for opt in reversed(NEW_TEXTS):
+        fn = opt(fn)
+    return fn
+
+
+@click.command("score")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset-key", default=None, help="An entry in the store (name, hash or hash prefix)...")
+@new_text_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A Parquet file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
+@store_option
+def score_cmd(run_dir, dataset_key, out, force, **kw) -> None:
+    """Score every row of a stored entry (--dataset-key), or of new texts (--dataset, embedded
+    first as the run needs); write Parquet with the aggregated and member rewards."""
+    from embrm.errors import EmbrmError
+
+    if (dataset_key is None) == (kw["dataset"] is None):
+        raise EmbrmError("give --dataset-key (an entry in the store) or --dataset (new texts), one of them")
+    if dataset_key is not None:
+        from embrm.rm.experiment import score_from_store
+        from embrm.store import open_store
+
+        path = score_from_store(Path(run_dir), open_store(kw["server"] or kw["store_uri"]), dataset_key, Path(out),
+                                force=force)
+    else:
+        from embrm.pipeline.new_texts import score_texts
+
+        data, store, run = _new_texts(kw)
+        path = score_texts(Path(run_dir), data, store, Path(out), run, force)
+    click.echo(f"wrote {path}")
+
+
+@click.command("rerank")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@new_text_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl file of the picks.")
+@click.option("--aggregation", type=click.Choice(["mean", "min", "single", "mean-var", "mean-std"]), default="mean",
+              show_default=True)
+@click.option("--coef", type=FINITE, default=1.0, show_default=True, help="lambda / beta of mean-var and mean-std.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@store_option
+def rerank_cmd(run_dir, out, aggregation, coef, force, **kw) -> None:
+    """Best-of-N: embed a multi-response dataset as the run needs, write each prompt's best
+    response under the run's rewards."""
+    from embrm.errors import EmbrmError
+    from embrm.pipeline.new_texts import rerank_texts
+
+    if kw["dataset"] is None:
+        raise EmbrmError("--dataset is needed: the prompts and their candidate responses")
+    data, store, run = _new_texts(kw)
+    res = rerank_texts(Path(run_dir), data, store, Path(out), run, aggregation, coef, force)
+    click.echo(f"{res['prompts']} prompts, {res['items']} candidates: best of each -> {res['out']}")

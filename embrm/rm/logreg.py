@@ -29,7 +29,7 @@ so scoring, evaluation and serving share the code of ``--method linear``.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,7 +42,7 @@ from embrm.rm.pairs import Pairs
 
 if TYPE_CHECKING:
     from embrm.rm.standardize import Standardizer
-    from embrm.rm.trainer import RewardModel, TrainConfig
+    from embrm.rm.trainer import TrainConfig
 
 # Half-decade steps, 1e-3 to 100, on the penalty of the *mean* log-loss. On standardised
 # SmolLM2 vectors of 512 HH-RLHF pairs the validation optimum was 0.3 to 3 (an optimum
@@ -204,16 +204,29 @@ def _net(ws: list[torch.Tensor], dim: int, pointwise: bool) -> EnsembleMLP:
     return net.eval()
 
 
-def train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
-                 std: Standardizer | None) -> RewardModel:
+@dataclass
+class LogregFit:
+    """What :func:`fit_logreg` found: the chosen lambda, the ensemble refitted on training
+    + validation pairs, the same ensemble fitted on the training pairs alone (what the
+    validation metrics describe), the validation loss of every lambda tried, and the
+    Newton steps and seconds it took. :func:`embrm.rm.trainer.train` makes the model."""
+
+    l2: float
+    net: EnsembleMLP
+    held_net: EnsembleMLP
+    path: list[dict[str, float]]
+    val_loss: float
+    steps: int
+    seconds: float
+
+
+def fit_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
+               std: Standardizer | None) -> LogregFit:
     """Choose lambda on ``vp`` (unless ``cfg.l2`` is set), refit on ``tp`` + ``vp``.
 
-    The returned model's ``validation_model`` is the same ensemble fitted on ``tp`` alone:
-    the refit has seen the validation pairs, so metrics on them must come from the model
-    that has not.
+    The fit on ``tp`` alone is kept too (``held_net``): the refit has seen the validation
+    pairs, so metrics on them must come from the model that has not.
     """
-    from embrm.rm.trainer import RewardModel, TrainLog
-
     t0 = time.perf_counter()
     pointwise = cfg.method == "logreg-clf"
     z = prepare(x, std)
@@ -227,11 +240,6 @@ def train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainC
     problem = LogisticProblem(*features(z, both, pointwise), intercept=pointwise)
     exact, k2 = problem.solve(lam, w0=best["w"])  # the refit, warm-started from the training-pairs fit
     full, k3 = _members(problem, len(both), pointwise, lam, cfg.ensemble, cfg.seed, exact)
-    steps += k1 + k2 + k3
-    out_cfg = replace(cfg, l2=lam, bootstrap=cfg.ensemble > 1, hidden=())
-    log = TrainLog(epochs=1, best_epoch=[1] * cfg.ensemble, val_loss=[best["val_loss"]] * cfg.ensemble,
-                   seconds=time.perf_counter() - t0, steps=steps,
-                   l2_path=[{"l2": r["l2"], "val_loss": r["val_loss"]} for r in path])
-    validation_model = RewardModel(out_cfg, dim, net=_net(held, dim, pointwise), log=log, standardizer=std)
-    return RewardModel(out_cfg, dim, net=_net(full, dim, pointwise), log=log, standardizer=std,
-                       validation_model=validation_model)
+    return LogregFit(l2=lam, net=_net(full, dim, pointwise), held_net=_net(held, dim, pointwise),
+                     path=[{"l2": r["l2"], "val_loss": r["val_loss"]} for r in path], val_loss=best["val_loss"],
+                     steps=steps + k1 + k2 + k3, seconds=time.perf_counter() - t0)

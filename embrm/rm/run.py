@@ -1,9 +1,11 @@
 """Run directories: ``config.json``, safetensors weights, ``metrics.json`` and plots.
 
 Weights are never pickled: MLP ensembles are safetensors, LightGBM boosters their own
-text format, standardisation statistics safetensors beside them
-(:data:`~embrm.rm.standardize.FILE`). ``config.json`` carries a run-format number so a
-later embrm can refuse a directory it cannot read instead of misreading it.
+text format, standardisation statistics safetensors beside them (``standardize.safetensors``).
+``config.json`` carries a run-format number so a later embrm can refuse a directory it
+cannot read instead of misreading it. What the files are called, the format numbers and
+the checks of a run's files live in :mod:`embrm.runformat` (no torch), which the store's
+registry and the service share.
 
 Format 2 added standardisation and logistic regression; format-1 directories (no
 statistics file) still load and score their inputs unchanged. An embrm that reads only
@@ -23,13 +25,11 @@ from safetensors.torch import load_file, save_file
 from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
-from embrm.rm.standardize import FILE as STATS
 from embrm.rm.standardize import Standardizer
 from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
+from embrm.runformat import RUN_FORMAT, STATS, WEIGHTS, read_config
 
-RUN_FORMAT = 2
-READS = (1, 2)
-WEIGHTS = "weights.safetensors"
+__all__ = ["load_run", "read_config", "save_run", "write_json"]
 
 
 def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
@@ -50,23 +50,6 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
         (out / STATS).unlink(missing_ok=True)  # a rerun into the same directory must not inherit old statistics
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise EmbrmError(f"{run_dir} is not an embrm run directory (no config.json); pass the --out of `embrm train`")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise EmbrmError(f"{path} is not valid JSON; the run directory is damaged") from None
-    fmt = cfg.get("run_format")
-    if fmt not in READS:
-        raise EmbrmError(
-            f"{run_dir} was written by embrm {cfg.get('embrm_version', '?')} in run format {fmt}; "
-            f"this embrm ({__version__}) reads formats {', '.join(map(str, READS))}: retrain, or use a matching embrm"
-        )
-    return cfg
 
 
 def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:

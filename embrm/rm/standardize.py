@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from embrm.rm.pairs import Pairs
+from embrm.runformat import STATS
 
-FILE = "standardize.safetensors"
+FILE = STATS  # the run file of the statistics, standardize.safetensors (named in embrm.runformat)
 
 # A dimension whose training values (nearly) never vary is left unscaled: dividing by a
 # zero or denormal standard deviation would blow up the rows it does vary on later.

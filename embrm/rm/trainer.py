@@ -265,9 +265,7 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     std = Standardizer.fit(x, train_pairs) if cfg.standardizes else None
     cfg = replace(cfg, standardize=std is not None)  # the run records what was done, not "default"
     if cfg.method in ("logreg", "logreg-clf"):
-        from embrm.rm.logreg import train_logreg
-
-        return train_logreg(x, train_pairs, val_pairs, cfg, std)
+        return _train_logreg(x, train_pairs, val_pairs, cfg, std)
     if cfg.method == "lgbm":
         model = _train_lgbm(std.apply(x) if std is not None else x, train_pairs, val_pairs, cfg)
         model.standardizer = std
@@ -344,6 +342,21 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     log.best_epoch, log.val_loss, log.seconds = best_epoch, [float(v) for v in best_loss], time.perf_counter() - t0
     log.val_pair_loss = [float(v) for v in best_pair_loss]
     return RewardModel(cfg, x.shape[1], net=net, log=log, standardizer=std)
+
+
+def _train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
+                  std: Standardizer | None) -> RewardModel:
+    """The exact logistic regression of :mod:`embrm.rm.logreg` as a model: the refit on
+    training + validation pairs, whose ``validation_model`` is the fit on training pairs
+    alone."""
+    from embrm.rm.logreg import fit_logreg
+
+    fit = fit_logreg(x, tp, vp, cfg, std)
+    out_cfg = replace(cfg, l2=fit.l2, bootstrap=cfg.ensemble > 1, hidden=())
+    log = TrainLog(epochs=1, best_epoch=[1] * cfg.ensemble, val_loss=[fit.val_loss] * cfg.ensemble,
+                   seconds=fit.seconds, steps=fit.steps, l2_path=fit.path)
+    held = RewardModel(out_cfg, fit.net.dim, net=fit.held_net, log=log, standardizer=std)
+    return RewardModel(out_cfg, fit.net.dim, net=fit.net, log=log, standardizer=std, validation_model=held)
 
 
 def _train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> RewardModel:
