@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from embrm.cli import main as cli
 from embrm.client import RewardClient
@@ -49,7 +49,8 @@ def trained(tmp_path_factory, tiny_model):
     for name, args in {"bt": ["--method", "bt", "--ensemble", "3", "--hidden", "16,8"],
                        "clf": ["--method", "clf", "--ensemble", "2", "--hidden", "8"],
                        "linear": ["--method", "linear", "--ensemble", "3"],
-                       "lgbm": ["--method", "lgbm", "--ensemble", "2"]}.items():
+                       "lgbm": ["--method", "lgbm", "--ensemble", "2"],
+                       "logreg": ["--method", "logreg", "--ensemble", "2"]}.items():  # standardised by default
         res = r.invoke(cli, ["train", "--model-key", entry.model_hash, "--dataset-key", "train", *args, "--epochs",
                              "3", "--out", str(d / "runs" / name), "--store", str(store)])
         assert res.exit_code == 0, res.output
@@ -157,7 +158,7 @@ def test_openrlhf_shaped_requests_and_the_refusal_of_a_query_without_its_prompt(
 def test_listing_bad_input_and_what_cannot_be_served(served, trained):
     status, raw, _ = served.get("/v1/rms")
     listed = {d["name"]: d for d in json.loads(raw)["data"]}
-    assert set(listed) == {"bt", "clf", "linear", "lgbm"} and listed["bt"]["members"] == 3
+    assert set(listed) == {"bt", "clf", "linear", "lgbm", "logreg"} and listed["bt"]["members"] == 3
     assert listed["bt"]["servable"] and listed["bt"]["source"] == "dir" and "validation" in str(listed["bt"]["metrics"])
     time.sleep(1)  # the committer has written what earlier requests computed
     st = open_store(trained["store"])
@@ -237,6 +238,62 @@ def test_push_ls_pull_round_trip_and_a_service_picks_up_a_pushed_run(served, tra
                           {"Content-Type": "application/vnd.apache.arrow.stream"})
     assert status == 400 and "is not a file a run holds" in json.loads(raw)["error"]["message"]
     assert "bad" not in {d["name"] for d in json.loads(served.get("/v1/rms")[1])["data"]}
+
+
+def test_a_standardised_logreg_is_served_scored_and_shared_with_its_statistics(trained, served, tmp_path):
+    """A run with standardisation statistics (logreg standardises by default): its reward
+    is w . (x - mean) / std, computed here in numpy from the run's two files, and that is
+    what `embrm serve --rm` answers, what `embrm score` writes, and what a service serves
+    of the run pushed through the store; pulled back, both files are bit for bit."""
+    run = trained["runs"]["logreg"]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["run_format"] == 2 and cfg["train"]["method"] == "logreg" and cfg["train"]["standardize"] is True
+    data = _multi(tmp_path / "new.jsonl", ["Standardised, are you?"], [" Yes, quite.", " No. Awful.", " Fine, thanks!"])
+    items = [{"prompt": r["prompt"], "response": c} for r in map(json.loads, data.read_text().splitlines())
+             for c in r["responses"]]
+    status, emb = served.post("/v1/embed", {"items": items})
+    assert status == 200, emb
+    x = np.array([it["vectors"]["-1"] for it in emb["items"]], np.float64)
+    stats, w = load_file(str(run / "standardize.safetensors")), load_file(str(run / "weights.safetensors"))
+    assert set(stats) == {"mean", "std"} and stats["mean"].shape == (x.shape[1],) and (stats["std"] > 0).all()
+    assert w["w0"].shape == (2, x.shape[1], 1) and not w["b0"].any()  # Bradley-Terry logreg: no intercept
+    members = ((x - stats["mean"]) / stats["std"]) @ w["w0"][:, :, 0].T.astype(np.float64)  # (items, members)
+    unstandardised = x @ w["w0"][:, :, 0].T.astype(np.float64)
+    assert not np.allclose(members, unstandardised, atol=1e-2)  # the statistics matter to these numbers
+
+    status, out = served.post("/v1/rewards", {"rm": "logreg", "items": items, "members": True})
+    assert status == 200, out
+    np.testing.assert_allclose([d["members"] for d in out["data"]], members, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([d["reward"] for d in out["data"]], members.mean(1), rtol=1e-4, atol=1e-4)
+    want = _scores_via_cli(trained, "logreg", data, tmp_path / "logreg.parquet")
+    by_key = {k: i for i, k in enumerate(want["item_key"].to_pylist())}
+    rows = [by_key[item_key(it["prompt"], it["response"])] for it in items]
+    np.testing.assert_allclose(np.stack(want["member_scores"].to_numpy(zero_copy_only=False))[rows], members,
+                               rtol=1e-4, atol=1e-4)
+
+    r = CliRunner()
+    res = r.invoke(cli, ["rm", "push", str(run), "--name", "std-logreg", "--store", served.url])
+    assert res.exit_code == 0 and "pushed std-logreg (logreg x2" in res.output, res.output
+    res = r.invoke(cli, ["rm", "pull", "std-logreg", "--out", str(tmp_path / "pulled"), "--store",
+                         str(trained["store"])])
+    assert res.exit_code == 0, res.output
+    for name in ("config.json", "weights.safetensors", "standardize.safetensors"):
+        assert (tmp_path / "pulled" / name).read_bytes() == (run / name).read_bytes(), name
+    deadline = time.monotonic() + 20  # the service looks at its registry every few seconds
+    status, out = 404, {}
+    while time.monotonic() < deadline and status != 200:
+        status, out = served.post("/v1/rewards", {"rm": "std-logreg", "items": items, "members": True})
+        time.sleep(0.3)
+    assert status == 200, out
+    np.testing.assert_allclose([d["members"] for d in out["data"]], members, rtol=1e-4, atol=1e-4)
+
+    bad = tmp_path / "bad-stats"  # statistics of another width are refused before they are stored
+    bad.mkdir()
+    for f in ("config.json", "weights.safetensors"):
+        (bad / f).write_bytes((run / f).read_bytes())
+    save_file({"mean": np.zeros(3, np.float32), "std": np.ones(3, np.float32)}, str(bad / "standardize.safetensors"))
+    res = r.invoke(cli, ["rm", "push", str(bad), "--name", "bad-stats", "--store", str(trained["store"])])
+    assert res.exit_code == 2 and "does not hold a mean and a std of dim" in res.output, res.output
 
 
 def test_train_push_publishes_from_a_trainer_elsewhere(served, trained):
