@@ -10,6 +10,10 @@ Shapes, recognised from the columns of the first record:
 * **pairwise**: ``prompt``, ``chosen``, ``rejected`` -> two rows (chosen, rejected);
 * **HH-RLHF**: ``chosen``/``rejected`` transcripts without a prompt column; the prompt is
   the shared text through the last ``\\n\\nAssistant:``;
+* **two-prompt pairs**: ``prompt_a``, ``response_a``, ``prompt_b``, ``response_b`` and a
+  ``winner`` (``a`` or ``b``) -> two rows (chosen = the winner, rejected), each with its
+  own prompt, so a pair may compare responses to two different prompts (the file
+  ``embrm active select`` writes, once annotators fill in ``winner``);
 * **multi**: ``prompt``, ``responses[K]``, optional ``rewards[K]``;
 * **pointwise**: ``prompt``, ``response``, optional ``reward`` or ``label``;
 * **messages**: a list of ``{role, content}`` whose last assistant turn is the response.
@@ -216,10 +220,20 @@ def _hub(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------- normalising
+#: The columns of a two-prompt pair (``embrm active select`` writes them).
+PAIR2 = ("prompt_a", "response_a", "prompt_b", "response_b")
+WINNER = "winner"
+
+
 def detect_shape(rec: dict[str, Any], c: Columns) -> str:
     keys = set(rec)
     if c.messages in keys:
         return "messages"
+    if set(PAIR2) <= keys:
+        if WINNER not in keys:
+            raise EmbrmError(f"a two-prompt pair file needs a {WINNER!r} column ('a' or 'b'); its columns are "
+                             f"{sorted(keys)}")
+        return "pair2"
     if {c.chosen, c.rejected} <= keys:
         return "pairwise" if c.prompt in keys else "hh"
     if c.prompt in keys and c.responses in keys:
@@ -234,8 +248,8 @@ def detect_shape(rec: dict[str, Any], c: Columns) -> str:
     )
 
 
-KIND_OF_SHAPE = {"pairwise": "pairwise", "hh": "pairwise", "multi": "multi", "pointwise": "pointwise",
-                 "messages": "pointwise"}
+KIND_OF_SHAPE = {"pairwise": "pairwise", "hh": "pairwise", "pair2": "pairwise", "multi": "multi",
+                 "pointwise": "pointwise", "messages": "pointwise"}
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -326,9 +340,9 @@ def normalise(records: Iterator[dict[str, Any]], c: Columns, skip_bad: bool = Fa
     """Records -> rows ``{prompt, response, prompt_id, response_index, role, label, reward}``.
 
     Every record must have the first record's shape. Rows that share a prompt text share
-    a prompt id (:class:`PromptIds`). A record with a non-string text, or with nothing to
-    embed, is an error, or with ``skip_bad`` is dropped whole (a pair stays a pair) and
-    counted in ``stats["skipped"]``.
+    a prompt id (:class:`PromptIds`); the two rows of a two-prompt pair take one each.
+    A record with a non-string text, or with nothing to embed, is an error, or with
+    ``skip_bad`` is dropped whole (a pair stays a pair) and counted in ``stats["skipped"]``.
     """
     shape = None
     ids = PromptIds()
@@ -347,6 +361,11 @@ def normalise(records: Iterator[dict[str, Any]], c: Columns, skip_bad: bool = Fa
         except KeyError as e:
             raise EmbrmError(f"record {i} has no column {e.args[0]!r}; its columns are {sorted(rec)} (the first "
                              f"record's shape is {shape}): every record needs the same columns") from None
+        if any(r["prompt"] != rows[0]["prompt"] for r in rows):  # a cross-prompt pair: an id per row
+            for r in rows:
+                r["prompt_id"], r["response_index"] = ids.take(r["prompt"], 1)
+                yield r
+            continue
         pid, first = ids.take(rows[0]["prompt"], len(rows))
         for j, r in enumerate(rows):
             r["prompt_id"], r["response_index"] = pid, first + j
@@ -364,6 +383,17 @@ def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns) -> list[di
         _something(p, ch, i)
         _something(p, rj, i)
         return [_row(p, ch, "chosen", 1.0, None), _row(p, rj, "rejected", 0.0, None)]
+    if shape == "pair2":
+        won = rec[WINNER].strip().lower() if isinstance(rec[WINNER], str) else rec[WINNER]
+        if won not in ("a", "b"):
+            raise BadRecord(f"record {i}: {WINNER} must be 'a' or 'b', got {rec[WINNER]!r}; label the pair, or "
+                            "pass --skip-bad-rows to leave unlabelled pairs out")
+        win, lose = ("a", "b") if won == "a" else ("b", "a")
+        pw, rw_, pl, rl = (_text(rec[f"{col}_{side}"], f"{col}_{side}", i)
+                           for side in (win, lose) for col in ("prompt", "response"))
+        _something(pw, rw_, i)
+        _something(pl, rl, i)
+        return [_row(pw, rw_, "chosen", 1.0, None), _row(pl, rl, "rejected", 0.0, None)]
     if shape == "multi":
         p = _text(rec[c.prompt], c.prompt, i)
         rs = rec[c.responses]
