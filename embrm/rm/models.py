@@ -84,6 +84,24 @@ class EnsembleMLP(nn.Module):
             out.append(self._chain(h, layers))
         return torch.cat(out)
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(M, N, F)``: each member's input to its last layer for rows ``x`` (N, D).
+
+        The reward is ``penultimate(x) @ w_last + b_last``, so these are the features in
+        which the last layer is a linear Bradley-Terry model: active learning's Fisher
+        information lives there (:mod:`embrm.rm.active`). For a linear model (no hidden
+        layer) they are the embedding itself, F = D.
+        """
+        layers = self._layers(x.dtype, self.members)[0]
+        h = x.expand(self.members, *x.shape)
+        for w, b in layers[:-1]:
+            h = torch.relu(torch.baddbmm(b, h, w))
+        return h
+
+    def last_layer(self) -> torch.Tensor:
+        """``(M, F)``: each member's last-layer weights (its bias cancels in a pair's score difference)."""
+        return self.weights[-1].detach()[:, :, 0]
+
     def _layers(self, dtype: torch.dtype, group: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Per member group, each layer's (weight, bias) in ``dtype``: one cast and one split
         a layer, so that autograd joins the groups' gradients with one copy."""

@@ -189,12 +189,14 @@ class _Validation:
 
 
 def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
-          member_lr: np.ndarray | None = None, member_wd: np.ndarray | None = None) -> RewardModel:
+          member_lr: np.ndarray | None = None, member_wd: np.ndarray | None = None,
+          init: RewardModel | None = None) -> RewardModel:
     """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it.
 
     ``member_lr`` / ``member_wd`` give each member its own learning rate and weight decay
     (a hyperparameter grid as one batched ensemble, see :mod:`embrm.rm.tune`); by default
-    every member uses ``cfg.lr`` and ``cfg.weight_decay``.
+    every member uses ``cfg.lr`` and ``cfg.weight_decay``. ``init`` starts from a trained
+    model's weights instead of a fresh initialisation (warm starts of active learning).
     """
     cfg.validate()
     x = check_embeddings(x, "embeddings")
@@ -209,6 +211,8 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     device = resolve_device(cfg.device)
     hidden = () if cfg.method == "linear" else cfg.hidden
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=cfg.method != "linear").to(device)
+    if init is not None and init.net is not None:
+        net.load_state(init.net.state())
     params = [p for p in net.parameters() if p.requires_grad]
     if member_lr is None and member_wd is None:
         # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
