@@ -104,9 +104,10 @@ def test_lazy_greedy_makes_the_plain_greedy_choices(members, tiers, with_prior):
 
 def test_greedy_logdet_beats_top_k_and_random_batches():
     rng = np.random.default_rng(0)
-    for trial in range(5):
+    for _ in range(5):
         u = rng.standard_normal((1, 60, 5)).astype(np.float32)
-        u[0, :8] = 3 * u[0, 0] / np.linalg.norm(u[0, 0]) * np.sqrt(5) * rng.uniform(0.97, 1.0, (8, 1))  # near-duplicates
+        strong = 3 * np.sqrt(5) * u[0, 0] / np.linalg.norm(u[0, 0])
+        u[0, :8] = strong * rng.uniform(0.97, 1.0, (8, 1))  # near-duplicates of one strong pair
         lam = ridge_lambda(u, 1.0)
         k = 6
         chosen = greedy_logdet(u, k, lam)

@@ -30,6 +30,7 @@ from embrm.rm.active import RIDGE
 from embrm.rm.activeloop import LoopConfig, run
 from embrm.rm.evaluate import evaluate_multi, evaluate_pairs
 from embrm.rm.experiment import Dataset, from_embeddings
+from embrm.rm.metrics import mean_interval as interval
 from embrm.rm.pairs import annotate, split_prompts
 from embrm.rm.pools import candidate_pool, stored_pairs
 from embrm.rm.rules import RULES, check_rule
@@ -164,19 +165,6 @@ def run_study(ds: Dataset, cfg: ActiveStudyConfig, ns: list[int] | None = None,
             "primary": st.primary, "metrics": metrics, "train_prompts": len(st.train_prompts),
             "held_out_prompts": len(st.held_out), "rows": rows, "summary": summary,
             "vs_random": vs_random(rows, st.primary) if "random" in cfg.rules else {}}
-
-
-def interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-    from scipy.stats import t
-
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), 0.0
-    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def summarise(rows: list[dict[str, Any]], metrics: list[str]) -> list[dict[str, Any]]:
@@ -318,4 +306,4 @@ def reproduce_active(store: Any, model_key: str, dataset_key: str, out: Path, cf
     return result
 
 
-__all__ = ["ActiveStudyConfig", "interval", "markdown", "reproduce_active", "run_study", "summarise", "vs_random"]
+__all__ = ["ActiveStudyConfig", "markdown", "reproduce_active", "run_study", "summarise", "vs_random"]

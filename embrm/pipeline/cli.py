@@ -107,14 +107,18 @@ def reproduce() -> None:
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ensembles per setting (seeds --seed, --seed + 1, ...); tables and bands show 95% intervals.")
+@click.option("--pairs-per-prompt", type=click.IntRange(min=1), default=10, show_default=True)
 @store_option
-def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed,
-                           store_uri) -> None:
-    """Mean vs min vs single ensembles across annotation qualities: one figure, one table."""
+def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed, seeds,
+                           pairs_per_prompt, store_uri) -> None:
+    """Mean vs min vs single vs mean-var ensembles across annotation qualities: one figure, one table."""
     from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
     from embrm.store.cli import open_any
 
-    rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed)
+    rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed, seeds=seeds,
+                         pairs_per_prompt=pairs_per_prompt)
     rows = reproduce_ensemble(open_any(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
                               log=click.echo)
     click.echo(markdown(rows))
