@@ -86,7 +86,7 @@ def _study(ds: Dataset, cfg: ActiveStudyConfig) -> Study:
     return Study(ds, train_p, held, "spearman" if ds.gold is not None else "pair_acc")
 
 
-def _functions(st: Study, cfg: ActiveStudyConfig, seed: int, ns: list[int] | None
+def round_functions(st: Study, cfg: ActiveStudyConfig, seed: int, ns: list[int] | None
                ) -> tuple[Callable[[int], tuple[np.ndarray, np.ndarray]],
                           Callable[[np.ndarray, np.ndarray, int], np.ndarray], Callable[[RewardModel], dict[str, Any]]]:
     """candidates(round), label(a, b, round) and evaluate(model) for one seed."""
@@ -150,7 +150,7 @@ def run_study(ds: Dataset, cfg: ActiveStudyConfig, ns: list[int] | None = None,
                      weight_decay=cfg.weight_decay, max_epochs=cfg.epochs)
     rows: list[dict[str, Any]] = []
     for seed in range(cfg.seeds):
-        fns = _functions(st, cfg, seed, ns)
+        fns = round_functions(st, cfg, seed, ns)
         for rule in cfg.rules:
             lc = LoopConfig(rule=rule, rounds=cfg.rounds, per_round=cfg.per_round, warm_start=cfg.warm_start,
                             holdout=cfg.holdout, ridge=cfg.ridge, seed=seed)
@@ -306,4 +306,5 @@ def reproduce_active(store: Any, model_key: str, dataset_key: str, out: Path, cf
     return result
 
 
-__all__ = ["ActiveStudyConfig", "markdown", "reproduce_active", "run_study", "summarise", "vs_random"]
+__all__ = ["ActiveStudyConfig", "Study", "markdown", "reproduce_active", "round_functions", "run_study", "summarise",
+           "vs_random"]

@@ -39,7 +39,7 @@ class LoopConfig:
     seed: int = 0
 
 
-def _fit(x: np.ndarray, pairs: Pairs, tc: TrainConfig, lc: LoopConfig, prev: RewardModel | None) -> RewardModel:
+def fit(x: np.ndarray, pairs: Pairs, tc: TrainConfig, lc: LoopConfig, prev: RewardModel | None) -> RewardModel:
     """Train on the labelled pairs. A ``holdout`` share of them, drawn per pair from the
     seed (so a pair stays on its side as the set grows), is the early-stopping set; with
     none, or a single pair, the training pairs are."""
@@ -71,7 +71,7 @@ def run(x: np.ndarray, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]
         ly = np.concatenate([ly, label(ca[pick], cb[pick], r)]).astype(np.float32)
         prompt = item_prompt if item_prompt is not None else np.zeros(len(x), np.int64)
         pairs = Pairs(la, lb, ly, prompt[la], prompt[lb])
-        model = _fit(x, pairs, tc, lc, model)
+        model = fit(x, pairs, tc, lc, model)
         t2 = time.perf_counter()
         metrics = evaluate(model)
         out.append({"rule": lc.rule, "seed": lc.seed, "round": r, "labels": int(len(la)), "select_s": t1 - t0,
@@ -79,4 +79,4 @@ def run(x: np.ndarray, candidates: Callable[[int], tuple[np.ndarray, np.ndarray]
     return out
 
 
-__all__ = ["LoopConfig", "run"]
+__all__ = ["LoopConfig", "fit", "run"]
