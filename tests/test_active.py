@@ -352,6 +352,12 @@ def test_select_bad_input_is_one_line_and_exit_2(tmp_path):
     res = r.invoke(cli, [*sel, "--model-key", "model-aa", "--dataset-key", "data-1111", "--budget", "3",
                          "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "use a .jsonl or .parquet" in res.output
+    cold = ["active", "select", "--model-key", "model-aa", "--dataset-key", "data-1111", "--budget", "5",
+            "--out", str(tmp_path / "cold.jsonl"), *s]  # no reward model yet: random is the cold start
+    res = r.invoke(cli, [*cold, "--rule", "dopt"])
+    assert res.exit_code == 2 and res.output.startswith("error: rule dopt needs a trained reward model")
+    _invoke([*cold, "--rule", "random"])
+    assert len((tmp_path / "cold.jsonl").read_text().splitlines()) == 5
 
 
 def test_select_reads_local_s3_and_http_stores_alike(tmp_path, s3, tiny_model):

@@ -1,8 +1,9 @@
 """``embrm active select``: the next batch of pairs for real annotators, from a store entry.
 
 A trained run (``embrm train --out RUN``) picks ``budget`` pairs from a pool entry of the
-same embedding model by one of the rules of :mod:`embrm.rm.active`, and writes them with
-their texts and item keys::
+same embedding model by one of the rules of :mod:`embrm.rm.active` (``random`` needs no
+run: the cold start, before anything is labelled), and writes them with their texts and
+item keys::
 
     prompt_a, response_a, prompt_b, response_b, winner (empty), key_a, key_b
 
@@ -35,7 +36,7 @@ SUFFIXES = (".jsonl", ".parquet")
 
 @dataclass
 class SelectConfig:
-    rm: str  # run directory
+    rm: str | None  # run directory; None for the random rule
     model_key: str
     dataset_key: str
     budget: int
@@ -49,6 +50,8 @@ class SelectConfig:
 
     def validate(self) -> None:
         check_rule(self.rule)
+        if self.rm is None and self.rule != "random":
+            raise EmbrmError(f"rule {self.rule} needs a trained reward model: pass --rm RUN_DIR (only random does not)")
         if self.pairs not in MODES:
             raise EmbrmError(f"unknown pair mode {self.pairs!r}; use within or cross")
         if self.budget < 1 or self.candidates < 1:
@@ -115,8 +118,9 @@ def select_pairs(store: Any, cfg: SelectConfig) -> dict[str, Any]:
     from embrm.store.keys import short
 
     cfg.validate()
-    model, rc = load_run(Path(cfg.rm))
     e = store.resolve(cfg.model_key, cfg.dataset_key)
+    model, rc = load_run(Path(cfg.rm)) if cfg.rm else (None, {"model_hash": e.model_hash, "dim": e.dim,
+                                                               "layer": e.layers[0] if e.layers else None})
     if e.model_hash != rc["model_hash"]:
         raise EmbrmError(f"the reward model in {cfg.rm} was trained on vectors of {rc.get('model_name')} "
                          f"[{short(rc['model_hash'])}], but the pool is under {e.model_name} [{short(e.model_hash)}]: "

@@ -178,8 +178,8 @@ def active() -> None:
 
 
 @active.command("select")
-@click.option("--rm", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="A run directory of `embrm train` (its model picks the pairs).")
+@click.option("--rm", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="A run directory of `embrm train` (its model picks the pairs); not needed for --rule random.")
 @click.option("--model-key", required=True, help="The model the run was trained on.")
 @click.option("--dataset-key", required=True, help="The pool: a multi-response, pointwise or pairwise entry.")
 @click.option("--budget", required=True, type=int, help="Pairs to select.")
