@@ -138,7 +138,9 @@ def greedy_logdet(u: np.ndarray, k: int, lam: np.ndarray, prior: np.ndarray | No
     * while its best gain is at least its ``tau``, that candidate is the greedy choice;
     * when it is not, the next tier catches up with the picks it missed (one matrix
       product, compute-bound) and the smaller tier is drawn again from it, and so on up
-      to the whole pool, which is caught up only when the widest tier runs dry.
+      to the whole pool, which is never caught up at once: when the widest tier runs dry,
+      the pool's candidates catch up in order of their stale gains, a block at a time,
+      only until the rest cannot reach the tier (:class:`_Pool`).
 
     A textbook lazy greedy (a heap re-scoring one stale candidate at a time) is exact too,
     but on 200,000 candidates in 512 dimensions each pick lowers thousands of nearly tied
@@ -161,11 +163,11 @@ def greedy_logdet(u: np.ndarray, k: int, lam: np.ndarray, prior: np.ndarray | No
                 us = u[m, s:s + BLOCK].astype(np.float64)
                 q[m, s:s + BLOCK] = np.einsum("cf,cf->c", us @ a0inv[m], us)
         np.maximum(q, 0, out=q)
-    ws = np.zeros((m_, k, f))  # w_s of every pick
+    ws = np.zeros((m_, k, f), np.float32)  # w_s of every pick (float32 halves what each pick reads)
     taken = np.zeros(c, bool)
-    levels: list[_Tier] = [_Tier(np.arange(c), u, q, 0)]
+    levels: list[_Tier] = [_Pool(u, q, ws)]
     taus = [-np.inf]
-    for n in sorted((n for n in tiers if n < c), reverse=True):  # nested tiers, largest first
+    for n in sorted({min(n, c) for n in tiers}, reverse=True):  # nested tiers, largest first
         sub, tau = levels[0].draw(n, taken, taus[0], 0)
         levels.insert(0, sub)
         taus.insert(0, tau)
@@ -185,11 +187,11 @@ def greedy_logdet(u: np.ndarray, k: int, lam: np.ndarray, prior: np.ndarray | No
         for m in range(m_):
             # Small products go through einsum's own loop, not BLAS: on a busy 2-core machine
             # a threaded BLAS call on a (1024, 512) matrix took 10-20x longer than one thread.
-            ui = top.u[m, pos].astype(np.float64)
-            v = ui / lam[m] if a0inv is None else np.einsum("fg,g->f", a0inv[m], ui)
-            if t:
-                v -= np.einsum("tf,t->f", ws[m, :t], np.einsum("tf,f->t", ws[m, :t], ui))
-            ws[m, t] = v / np.sqrt(1.0 + ui @ v)
+            ui = top.u[m, pos]
+            v = ui / lam[m] if a0inv is None else np.einsum("fg,g->f", a0inv[m], ui.astype(np.float64))
+            if t:  # A^-1 u = A_0^-1 u - sum_s w_s (w_s . u)
+                v = v - np.einsum("tf,t->f", ws[m, :t], np.einsum("tf,f->t", ws[m, :t], ui))
+            ws[m, t] = v / np.sqrt(1.0 + float(ui @ v))
     return chosen
 
 
@@ -207,7 +209,7 @@ class _Tier:
         if self.base == t:
             return
         for m in range(self.u.shape[0]):
-            w = ws[m, self.base:t].astype(np.float32)
+            w = ws[m, self.base:t]
             for s in range(0, len(self.idx), BLOCK):
                 ub = self.u[m, s:s + BLOCK]
                 if len(w) == 1:  # after each pick: a matrix-vector product, in one thread (see above)
@@ -227,6 +229,60 @@ class _Tier:
         sel = np.sort(part[:n])
         return (_Tier(self.idx[sel], np.ascontiguousarray(self.u[:, sel]), self.q[:, sel], t),
                 max(float(g[part[n]]), tau))
+
+
+class _Pool(_Tier):
+    """The whole pool, caught up only as far as a draw for the widest tier needs.
+
+    Its rows are stored once in order of their first gains, best first. A draw brings
+    rows up to date from the front, a block at a time, until every row behind is bounded
+    (by its stale gain) below the ``n``-th best fresh one; rows behind keep their stale
+    gains. So each row's gain is as fresh as the furthest draw that reached it, the rows
+    of one block share a few stamps in runs, and every update is a product over
+    contiguous rows. Weak pairs in the tail are never re-scored, where a full catch-up
+    would cost (candidates x F x picks) each time the widest tier runs dry.
+    """
+
+    def __init__(self, u: np.ndarray, q: np.ndarray, ws: np.ndarray):
+        order = np.argsort(-np.log1p(q).sum(0), kind="stable")
+        super().__init__(order, np.ascontiguousarray(u[:, order]), q[:, order], 0)
+        self.ws = ws  # filled in by the greedy loop as it picks
+        self.stamp = np.zeros(len(order), np.int64)  # non-increasing along the rows
+        self.bound = np.log1p(self.q).sum(0)
+
+    def catch_up(self, ws: np.ndarray, t: int) -> None:
+        """Nothing at once: :meth:`draw` catches up what it needs."""
+
+    def _update(self, lo: int, hi: int, t: int) -> None:
+        st = self.stamp[lo:hi]
+        cuts = [lo, *(lo + 1 + np.flatnonzero(st[1:] != st[:-1])).tolist(), hi]
+        for a, b in zip(cuts[:-1], cuts[1:]):  # runs of one stamp
+            s0 = int(self.stamp[a])
+            if s0 == t:
+                continue
+            for m in range(self.u.shape[0]):
+                proj = self.u[m, a:b] @ self.ws[m, s0:t].T
+                self.q[m, a:b] -= np.einsum("ct,ct->c", proj, proj, dtype=np.float64)
+        self.q[:, lo:hi] = np.maximum(self.q[:, lo:hi], 0)
+        self.stamp[lo:hi] = t
+        self.bound[lo:hi] = np.log1p(self.q[:, lo:hi]).sum(0)
+
+    def draw(self, n: int, taken: np.ndarray, tau: float, t: int) -> tuple[_Tier, float]:
+        c = len(self.idx)
+        live = ~taken[self.idx]
+        tail = np.maximum.accumulate(np.where(live, self.bound, -np.inf)[::-1])[::-1]  # best bound from here on
+        done, nth = 0, -np.inf
+        while done < c and not (done >= n and tail[done] <= nth):
+            self._update(done, min(done + BLOCK, c), t)
+            done = min(done + BLOCK, c)
+            if done >= n:
+                g = np.where(live[:done], self.bound[:done], -np.inf)
+                nth = float(np.partition(g, done - n)[done - n])
+        g = np.where(live[:done], self.bound[:done], -np.inf)
+        best = np.argsort(-g, kind="stable")
+        sel = np.sort(best[:n])
+        rest = max(float(g[best[n:]].max()) if done > n else -np.inf, float(tail[done]) if done < c else -np.inf)
+        return (_Tier(self.idx[sel], np.ascontiguousarray(self.u[:, sel]), self.q[:, sel], t), max(rest, tau))
 
 
 def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
