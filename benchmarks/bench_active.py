@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--dataset-key", default=None)
     ap.add_argument("--json", default="active.json")
     a = ap.parse_args()
+    load = [os.getloadavg()[0]]  # the machine is shared: what else ran is part of the result
     sel = bench_select(a.items, a.candidates, a.dim, a.k, a.repeats)
     print(sel, flush=True)
     real = None
@@ -173,6 +175,7 @@ def main() -> None:
         print(real, flush=True)
     rnd = bench_round(a.labels, a.repeats)
     print(rnd, flush=True)
+    load.append(os.getloadavg()[0])
     rows = [{"benchmark": f"dopt select {a.k} of {a.candidates:,} (F={a.dim}), end to end", "seconds": sel["select_s"],
              "target_s": 5.0, "met": sel["select_s"] <= 5.0},
             {"benchmark": "  greedy log-det alone", "seconds": sel["greedy_s"], "target_s": None, "met": None},
@@ -183,8 +186,9 @@ def main() -> None:
             {"benchmark": "  train / select / evaluate",
              "seconds": None, "target_s": None, "met": f"{rnd['train_s']:.2f} / {rnd['select_s']:.2f} / "
                                                        f"{rnd['eval_s']:.2f} s"}]
-    payload: dict[str, Any] = {"select": sel, "select_real": real, "round": rnd, "rows": rows}
+    payload: dict[str, Any] = {"select": sel, "select_real": real, "round": rnd, "rows": rows, "load_average": load}
     print(machine_line())
+    print(f"# 1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores)")
     print(table(rows, floatfmt="{:.2f}"))
     print(f"# log-det gain of the {a.k} pairs: greedy {sel['logdet_greedy']:.1f}, one-shot top-k "
           f"{sel['logdet_top_k']:.1f}, random {sel['logdet_random']:.1f}")

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 RIDGE = 1.0
 # nested tiers of the best candidates for the lazy greedy (see greedy_logdet), and the rows
 # of candidates one matrix product handles at a time
-TIERS, BLOCK = (1024, 16384), 16384
+TIERS, BLOCK = (512, 4096, 32768), 16384
 
 
 def item_features(model: RewardModel, x: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
