@@ -77,9 +77,9 @@ def bench_select_real(store_uri: str, model_key: str, dataset_key: str, n_cand: 
     from embrm.rm.pairs import build_pairs, split_prompts
     from embrm.rm.pools import cross_pairs
     from embrm.rm.trainer import train
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
-    ds = from_embeddings(open_any(store_uri).load(model_key, dataset_key))
+    ds = from_embeddings(open_store(store_uri).load(model_key, dataset_key))
     tr, va = split_prompts(ds.n_prompts, 0.2, 0)
     tp = build_pairs(ds.gold, tr, 2000 // len(tr) + 1, "within", "random", -1.0, None, 0)
     vp = build_pairs(ds.gold, va, 4, "within", "random", -1.0, None, 1)

@@ -52,7 +52,7 @@ def main() -> None:
     print(r.report(), flush=True)
     store = open_store(a.store)
     emb = store.load(r.model_hash, r.dataset_hash)
-    rows = store.dataset_rows(r.dataset_hash, ["prompt", "response", "role"]).to_pylist()
+    rows = store.rows.read(r.dataset_hash, ["prompt", "response", "role"]).to_pylist()
     n = len(rows) // 2
     x = np.asarray(emb.vectors, np.float32)  # items in file order: chosen, rejected, chosen, ...
     chosen, rejected = np.arange(n) * 2, np.arange(n) * 2 + 1

@@ -53,11 +53,11 @@ def build(uri: str, vecs: np.ndarray, chunk: int = 20_000) -> None:
     rows = ({"position": i, "item_key": k, "prompt_id": i // 2, "response_index": i % 2,
              "role": "chosen" if i % 2 == 0 else "rejected", "label": None, "reward": None,
              "prompt": f"prompt {i // 2}", "response": f"response {i}"} for i, k in enumerate(keys))
-    store.write_dataset_rows("c" * 64, rows, n)
+    store.rows.write("c" * 64, rows, n)
     store.begin_entry("b" * 64, "load-model", {}, "c" * 64, "load-data", {}, "pairwise", n)
     for s in range(0, n, chunk):
-        store.write_vectors("b" * 64, keys[s:s + chunk], {-1: vecs[s:s + chunk]}, np.full(min(chunk, n - s), 10),
-                            np.zeros(min(chunk, n - s), bool))
+        store.writer.write("b" * 64, keys[s:s + chunk], {-1: vecs[s:s + chunk]}, np.full(min(chunk, n - s), 10),
+                           np.zeros(min(chunk, n - s), bool))
     store.finish_entry("b" * 64, "c" * 64)
 
 

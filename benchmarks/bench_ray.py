@@ -56,17 +56,17 @@ def commit_overhead(d: Path, rows: int = 100_000, dim: int = 576, task: int = 25
     keys = [item_key("c", str(i)) for i in range(rows)]
     out = {}
     store = open_store(d / "frag", create=True)
-    store.ensure_vector_table("7" * 64, VectorInfo(dim, "float32", (-1,)))
+    store.writer.ensure_table("7" * 64, VectorInfo(dim, "float32", (-1,)))
     pending, t_write, t_commit = [], 0.0, 0.0
     for s in range(0, rows, task):
         data = build_vector_table(keys[s:s + task], {-1: x[s:s + task]}, np.ones(min(task, rows - s)),
                                   np.zeros(min(task, rows - s), bool))
         t = time.perf_counter()
-        pending.append((store.write_vector_fragments("7" * 64, data), keys[s:s + task]))
+        pending.append((store.writer.write_fragments("7" * 64, data), keys[s:s + task]))
         t_write += time.perf_counter() - t
         if sum(len(k) for _, k in pending) >= interval or s + task >= rows:
             t = time.perf_counter()
-            store.commit_vector_fragments("7" * 64, [f for fs, _ in pending for f in fs],
+            store.writer.commit_fragments("7" * 64, [f for fs, _ in pending for f in fs],
                                           pa.array([k for _, ks in pending for k in ks]))
             t_commit += time.perf_counter() - t
             pending = []
@@ -74,8 +74,8 @@ def commit_overhead(d: Path, rows: int = 100_000, dim: int = 576, task: int = 25
     store = open_store(d / "merge", create=True)
     t = time.perf_counter()
     for s in range(0, rows, 1024):
-        store.write_vectors("8" * 64, keys[s:s + 1024], {-1: x[s:s + 1024]}, np.ones(min(1024, rows - s)),
-                            np.zeros(min(1024, rows - s), bool))
+        store.writer.write("8" * 64, keys[s:s + 1024], {-1: x[s:s + 1024]}, np.ones(min(1024, rows - s)),
+                           np.zeros(min(1024, rows - s), bool))
     out["merge_windows_s"] = time.perf_counter() - t
     return out
 
@@ -93,7 +93,7 @@ def driver_work(d: Path, rows: int = 100_000) -> dict:
     t_scan = time.perf_counter() - t
     store = open_store(d / "merge")  # a table holding 100,000 other keys (from commit_overhead)
     t = time.perf_counter()
-    missing = store.missing_keys("8" * 64, scan.keys)
+    missing = store.vectors.missing("8" * 64, scan.keys)
     t_missing = time.perf_counter() - t
     plan = ExtractionPlan(scan, "8" * 64, "m", {}, missing)
     t = time.perf_counter()

@@ -218,8 +218,8 @@ def _pull(url: str, d: Path, rows: int = 100_000, dim: int = 576) -> dict:
     """Write a synthetic entry into the server's store, pull it, compare with np.load."""
     import pyarrow as pa
 
-    from embrm.serve.client import RemoteStore
     from embrm.store import item_key, open_store
+    from embrm.store.service import ServiceStore
 
     store = open_store(d / "store")
     rng = np.random.default_rng(1)
@@ -228,18 +228,18 @@ def _pull(url: str, d: Path, rows: int = 100_000, dim: int = 576) -> dict:
     recs = ({"position": i, "item_key": keys[i], "prompt_id": i, "response_index": 0, "role": "", "label": None,
              "reward": None, "prompt": "pull", "response": str(i)} for i in range(rows))
     mh, dh = "b" * 64, "c" * 64
-    store.write_dataset_rows(dh, recs, rows)
+    store.rows.write(dh, recs, rows)
     store.begin_entry(mh, "pull-model", {}, dh, "pull-data", {}, "pointwise", rows)
     for s in range(0, rows, 20_000):
-        store.write_vectors(mh, keys[s:s + 20_000], {-1: x[s:s + 20_000]}, np.ones(min(20_000, rows - s)),
-                            np.zeros(min(20_000, rows - s), bool))
+        store.writer.write(mh, keys[s:s + 20_000], {-1: x[s:s + 20_000]}, np.ones(min(20_000, rows - s)),
+                           np.zeros(min(20_000, rows - s), bool))
     store.finish_entry(mh, dh)
     np.save(d / "pull.npy", x)
     best_pull, best_np = np.inf, np.inf
     np.load(d / "pull.npy").fill(0)  # the first touch of fresh memory is paid untimed (it costs several times more)
     for _ in range(5):
         t = time.perf_counter()
-        emb = RemoteStore(url).load(mh, dh)
+        emb = ServiceStore(url).load(mh, dh)
         best_pull = min(best_pull, time.perf_counter() - t)
         t = time.perf_counter()
         np.load(d / "pull.npy")
@@ -253,13 +253,13 @@ def _pull(url: str, d: Path, rows: int = 100_000, dim: int = 576) -> dict:
 
 def _job(url: str, d: Path, texts: list[dict]) -> dict:
     from embrm.extractor.plan import scan_dataset
-    from embrm.serve.client import RemoteStore
+    from embrm.store.service import ServiceStore
 
     data = d / "job.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in texts))
     scan = scan_dataset(DatasetSpec(str(data)))
-    client = RemoteStore(url)
-    client.upload(scan.rows(), scan.dataset_hash, scan.name)
+    client = ServiceStore(url)
+    client.upload(scan.rows(), scan.dataset_hash, scan.name, scan.kind)
     info = client.info()
     client.start_entry(scan.dataset_hash, scan.name, scan.kind, scan.source)
     while True:

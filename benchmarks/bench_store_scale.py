@@ -79,13 +79,13 @@ def main() -> None:
     t = time.perf_counter()
     rows = ({"position": i, "item_key": keys[i], "prompt_id": i // 8, "response_index": i % 8, "role": "",
              "label": None, "reward": float(i % 7), "prompt": "scale", "response": str(i)} for i in range(n))
-    store.write_dataset_rows(dh, rows, n)
+    store.rows.write(dh, rows, n)
     store.begin_entry(mh, "scale-model", {}, dh, "scale-data", {}, "multi", n)
     t_rows = time.perf_counter() - t
     t = time.perf_counter()
     for s in range(0, n, a.chunk):
-        store.write_vectors(mh, keys[s:s + a.chunk], {-1: x[s:s + a.chunk]}, np.full(min(a.chunk, n - s), 50),
-                            np.zeros(min(a.chunk, n - s), bool))
+        store.writer.write(mh, keys[s:s + a.chunk], {-1: x[s:s + a.chunk]}, np.full(min(a.chunk, n - s), 50),
+                           np.zeros(min(a.chunk, n - s), bool))
     t_vec = time.perf_counter() - t
     t = time.perf_counter()
     e = store.finish_entry(mh, dh)
@@ -103,10 +103,10 @@ def main() -> None:
     store = open_store(base / "store")
     ask = [keys[i] for i in rng.integers(0, n, 10_000)]
     t = time.perf_counter()
-    got = store.get_vectors(mh, ask)
+    got = store.vectors.point_read(mh, ask)
     t_first = time.perf_counter() - t
     t = time.perf_counter()
-    got = store.get_vectors(mh, ask)
+    got = store.vectors.point_read(mh, ask)
     t_again = time.perf_counter() - t
     idx = [int(k_i) for k_i in rng.integers(0, 10_000, 50)]
     assert got.found.all() and all(np.array_equal(got.vectors[-1][i], x[keys.index(ask[i])]) for i in idx[:5])

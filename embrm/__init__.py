@@ -5,11 +5,10 @@ The public API is re-exported lazily so that ``import embrm`` stays cheap (no to
 """
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
 from embrm.errors import EmbrmError
+from embrm.lazy import lazy_exports
 
 _LAZY = {
     "open_store": "embrm.store",
@@ -17,14 +16,6 @@ _LAZY = {
     "extract": "embrm.extractor",
     "ExtractConfig": "embrm.extractor",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'embrm' has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["EmbrmError", "__version__", *_LAZY]

@@ -29,8 +29,9 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_device(device: str) -> str:
     """``auto``: CUDA where torch sees it, else MPS, else the CPU; a device asked for and
-    absent is an error. One rule for extraction, generation, annotation and training
-    (torch is imported only when called)."""
+    absent is an error. One rule for whatever runs in this process: extraction,
+    generation, annotation and training (torch is imported only when called). Ray
+    workers run elsewhere and take their device from ``--gpus-per-worker``."""
     import torch
 
     from embrm.errors import EmbrmError

@@ -36,9 +36,31 @@ class ListParam(click.ParamType):
             self.fail(f"{value!r} must be comma-separated {words}, e.g. {self.example}", param, ctx)
         if not out:
             self.fail(f"{value!r} is empty: give comma-separated {words}, e.g. {self.example}", param, ctx)
+        if self.kind is float and any(x != x or x in (float("inf"), float("-inf")) for x in out):
+            self.fail(f"{value!r}: every value must be a finite number", param, ctx)
         if self.minimum is not None and any(x < self.minimum for x in out):
             self.fail(f"{value!r}: every value must be at least {self.minimum:g}", param, ctx)
         return out
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number: click's own float type takes ``nan`` and ``inf``."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return x
+
+
+FINITE = FiniteFloat()
 
 
 class ChoiceList(click.ParamType):
@@ -59,6 +81,32 @@ class ChoiceList(click.ParamType):
         return out
 
 
+class NamedRun(click.ParamType):
+    """``NAME=RUN_DIR`` or ``RUN_DIR`` (named after its directory) -> (name, path)."""
+
+    name = "run"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
+        from pathlib import Path
+
+        if isinstance(value, tuple):
+            return value
+        name, sep, path = str(value).partition("=")
+        if not sep:
+            name, path = Path(value).resolve().name, value
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            self.fail(f"{path!r} is not a run directory (no config.json): pass the --out of `embrm train`", param, ctx)
+        from embrm.store.registry import check_name
+
+        try:
+            check_name(name)
+        except EmbrmError as e:
+            self.fail(str(e), param, ctx)
+        return name, p
+
+
+NAMED_RUN = NamedRun()
 INTS = ListParam(int, "-1,-8,15")
 SIZES = ListParam(int, "1024,512", minimum=1)
 NS = ListParam(int, "1,2,5,10", minimum=1)

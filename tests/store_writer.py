@@ -35,15 +35,15 @@ def rows(n: int):
 def main() -> None:
     uri, n, chunk, sleep_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     store = open_store(uri, create=True)
-    store.write_dataset_rows(DATASET, rows(n), n)
+    store.rows.write(DATASET, rows(n), n)
     store.begin_entry(MODEL, "writer-model", {}, DATASET, "writer-data", {}, "pairwise", n)
     keys = [r["item_key"] for r in rows(n)]
-    missing = store.missing_keys(MODEL, keys).to_pylist()
+    missing = store.vectors.missing(MODEL, keys).to_pylist()
     print(f"missing {len(missing)}", flush=True)
     for s in range(0, len(missing), chunk):
         part = missing[s:s + chunk]
         vecs = np.stack([vector_for(k) for k in part])
-        store.write_vectors(MODEL, part, {-1: vecs}, np.full(len(part), 7), np.zeros(len(part), bool))
+        store.writer.write(MODEL, part, {-1: vecs}, np.full(len(part), 7), np.zeros(len(part), bool))
         print(f"wrote {s + len(part)}", flush=True)
         time.sleep(sleep_s)
     e = store.finish_entry(MODEL, DATASET)

@@ -21,6 +21,8 @@ from embrm.rm.pools import candidate_pool, cross_pairs, stored_pairs, within_pai
 from embrm.rm.trainer import RewardModel, TrainConfig
 from embrm.store import item_key, open_store
 
+from servers import Server
+
 
 def _model(dim: int, hidden: tuple[int, ...], members: int = 1, seed: int = 0) -> RewardModel:
     method = "linear" if not hidden else "bt"
@@ -362,8 +364,6 @@ def test_select_bad_input_is_one_line_and_exit_2(tmp_path):
 
 def test_select_reads_local_s3_and_http_stores_alike(tmp_path, s3, tiny_model):
     """The same selection from a local store, the same entry on S3, and through `embrm serve`."""
-    from test_serve import Server
-
     local = tmp_path / "store"
     outputs = []
     for uri in (str(local), s3.uri):

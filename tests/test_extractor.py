@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from embrm.store import open_store
 from embrm.store import schema as S
 
 from conftest import EXTRACT_SCRIPT, extract_config
+from procs import kill_after
 
 PAIRS = [
     {"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five, I think, or maybe six."},
@@ -173,6 +172,26 @@ def test_duplicate_items_in_a_dataset_are_computed_once(tmp_path, tiny_model):
     np.testing.assert_array_equal(emb.vectors[0], emb.vectors[2])
 
 
+@pytest.mark.parametrize("side,pooling", [("left", "last"), ("left", "mean"), ("right", "mean"), ("right", "last")])
+def test_long_texts_cut_before_tokenising_give_the_vectors_of_the_whole_text(tiny_model, side, pooling):
+    """A text far longer than max_length is cut by characters first; the tokens that
+    truncation keeps, and so the vector, are those of the whole text."""
+    from embrm.extractor.embedder import Embedder, EmbeddingSpec
+
+    e = Embedder(EmbeddingSpec(model=str(tiny_model), dtype="float32", max_length=48, truncation_side=side,
+                               pooling=pooling, input_format="raw"), "cpu")
+    words = " ".join(f"word{i % 97}" for i in range(4000))
+    prompts, responses = ["A prompt. " * 300, "", "short prompt"], [words, words[:2000], "short"]
+    assert len(prompts[0]) + len(responses[0]) > 10 * e.clip_chars  # really cut
+    whole = encode_batch(e.tokenizer, prompts, responses, "raw", 48, side, clip_chars=None)
+    cut = e.encode(prompts, responses)
+    assert [c.ids for c in cut] == [w.ids for w in whole] and [c.truncated for c in cut] == [True, True, False]
+    assert [c.response_start for c in cut] == [w.response_start for w in whole]
+    np.testing.assert_allclose(e.embed_encoded(cut).vectors[-1], e.embed_encoded(whole).vectors[-1], atol=1e-6)
+    assert e.clip(prompts[0], responses[0]) != (prompts[0], responses[0])
+    assert e.clip("short prompt", "short") == ("short prompt", "short")
+
+
 def test_several_layers_from_one_pass_and_truncation_flags(tmp_path, tiny_model):
     data = _jsonl(tmp_path / "p.jsonl", PAIRS)
     res = extract(_cfg(tmp_path, tiny_model, data, layers=(-1, 1, 0), max_length=12, truncation_side="left"))
@@ -296,24 +315,14 @@ def test_sigkill_during_extraction_then_rerun_continues(tmp_path, tiny_model):
     script = tmp_path / "run.py"
     script.write_text(EXTRACT_SCRIPT)
     store = tmp_path / "store"
-    p = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model), str(store), "0.3"],
-                         stdout=subprocess.PIPE, text=True)
-    seen = 0
-    for line in p.stdout:
-        if line.startswith("window"):
-            seen += 1
-            if seen == 3:
-                break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stdout.close()
+    kill_after([str(script), str(data), str(tiny_model), str(store), "0.3"], "window", 3)
     out = subprocess.run([sys.executable, str(script), str(data), str(tiny_model), str(store), "0"],
                          capture_output=True, text=True, check=True).stdout
     computed, cached = map(int, out.split("done")[1].split())
     assert cached >= 12 and computed + cached == 40 and computed > 0
     st = open_store(store)
     [e] = st.entries()
-    keys = st.cached_keys(e.model_hash).to_pylist()
+    keys = st.vectors.cached(e.model_hash).to_pylist()
     assert len(keys) == len(set(keys)) == 40 and e.status == "complete"
     emb = st.load(e.model_hash, e.dataset_hash)
     want = _reference(tiny_model, [r["prompt"] + r["response"] for r in recs])

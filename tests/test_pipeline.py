@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,8 @@ from embrm.pipeline.annotate import AnnotateConfig, annotate
 from embrm.pipeline.files import read_records
 from embrm.pipeline.generate import BUILTIN_PROMPTS, GenerateConfig, generate, load_prompts
 from embrm.pipeline.reproduce import ReproduceConfig, reproduce_ensemble
+
+from procs import kill_after
 
 PROMPTS = [f"Tell me about thing number {i}." for i in range(6)]
 
@@ -68,24 +68,11 @@ print("done", r.get("generated", r.get("scored")), flush=True)
 """
 
 
-def _run_and_kill(args: list[str], after: int) -> None:
-    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
-    n = 0
-    for line in p.stdout:
-        if line.startswith("batch"):
-            n += 1
-            if n == after:
-                break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stdout.close()
-
-
 def test_generate_resumes_after_sigkill(tmp_path, tiny_model):
     script = tmp_path / "k.py"
     script.write_text(KILL_SCRIPT)
     prompts, out = _prompts(tmp_path), tmp_path / "g.jsonl"
-    _run_and_kill([str(script), "generate", str(prompts), str(out), "2", str(tiny_model)], after=1)
+    kill_after([str(script), "generate", str(prompts), str(out), "2", str(tiny_model)], "batch", 1)
     assert not out.exists()
     partial = [json.loads(line) for line in (tmp_path / "g.jsonl.partial.jsonl").read_text().splitlines()]
     assert len(partial) == 2
@@ -121,7 +108,7 @@ def test_annotate_vader_and_resume(tmp_path):
     (tmp_path / "fresh").mkdir()
     fresh = _multi_file(tmp_path / "fresh")
     out = tmp_path / "scored.jsonl"
-    _run_and_kill([str(script), "annotate", str(fresh), str(out), "2"], after=2)
+    kill_after([str(script), "annotate", str(fresh), str(out), "2"], "batch", 2)
     assert len((tmp_path / "scored.jsonl.annotate.partial.jsonl").read_text().splitlines()) == 2
     res = subprocess.run([sys.executable, str(script), "annotate", str(fresh), str(out), "0"],
                          capture_output=True, text=True, check=True).stdout

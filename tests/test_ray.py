@@ -94,7 +94,7 @@ def test_ray_and_local_engines_agree_and_reuse_each_others_items(tmp_path, tiny_
     rs, ls = open_store(tmp_path / "ray"), open_store(tmp_path / "local")
     np.testing.assert_allclose(rs.load(local.model_hash, local.dataset_hash).vectors,
                                ls.load(local.model_hash, local.dataset_hash).vectors, atol=2e-5)
-    keys = rs.cached_keys(local.model_hash).to_pylist()
+    keys = rs.vectors.cached(local.model_hash).to_pylist()
     assert len(keys) == len(set(keys)) == local.computed
     # items the ray engine stored are skipped by the local engine, and the other way round
     b = _data(tmp_path / "b.jsonl", 30, new=30)  # 30 rows the ray engine stored, 30 new ones
@@ -110,8 +110,8 @@ def test_ray_and_local_engines_agree_and_reuse_each_others_items(tmp_path, tiny_
         raise AssertionError("Ray started although nothing was missing")
 
     monkeypatch.setattr(engine, "start_ray", no_ray)
-    res = engine.extract_ray(extract_config(data, tiny_model, tmp_path / "ray", dtype="float32", quiet=True),
-                             engine.RayOptions(num_workers=2))
+    res = extract(extract_config(data, tiny_model, tmp_path / "ray", dtype="float32", quiet=True), engine="ray",
+                  ray=engine.RayOptions(num_workers=2))
     assert (res.computed, res.status, res.model_loaded) == (0, "complete", False)
 
 
@@ -133,7 +133,7 @@ def test_sigkill_of_the_driver_then_a_rerun_has_every_item_once_and_gc_removes_o
         while time.monotonic() < deadline and p.poll() is None:  # after the first commit, with fragments
             st = open_store(store) if (store / "embrm_meta.lance").exists() else None  # written but not yet
             entries = st.entries() if st else []                                        # committed: kill
-            if entries and st.vector_info(entries[0].model_hash) is not None:
+            if entries and st.vectors.info(entries[0].model_hash) is not None:
                 mh = entries[0].model_hash
                 ds = st.tables.get(S.vector_table(mh))
                 committed = {f.path for frag in ds.get_fragments() for f in frag.data_files()}
@@ -153,7 +153,7 @@ def test_sigkill_of_the_driver_then_a_rerun_has_every_item_once_and_gc_removes_o
     out, err = _finish(_driver(args))
     assert "status complete" in out, err[-3000:]
     st = open_store(store)
-    keys = st.cached_keys(mh).to_pylist()
+    keys = st.vectors.cached(mh).to_pylist()
     assert len(keys) == len(set(keys)) == 1320
     assert orphans <= _data_files(store, mh)  # still on disk after the rerun...
     st.gc()

@@ -240,10 +240,10 @@ def _multi_store(path, p=60, k=6, d=16, seed=0):
     rows = [{"position": i, "item_key": item_key(f"p{i // k}", f"r{i}"), "prompt_id": i // k,
              "response_index": i % k, "role": "", "label": None, "reward": float(r.reshape(-1)[i]),
              "prompt": f"p{i // k}", "response": f"r{i}"} for i in range(p * k)]
-    store.write_dataset_rows("d" * 64, rows, len(rows))
+    store.rows.write("d" * 64, rows, len(rows))
     store.begin_entry("m" * 64, "synthetic-model", {}, "d" * 64, "synthetic-data", {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
-                        np.zeros(len(rows), bool))
+    store.writer.write("m" * 64, [r_["item_key"] for r_ in rows], {-1: x}, np.ones(len(rows)),
+                       np.zeros(len(rows), bool))
     store.finish_entry("m" * 64, "d" * 64)
     return store
 
@@ -422,7 +422,7 @@ def test_pairwise_prompt_ids_follow_prompt_text_so_splits_are_prompt_disjoint(tm
     assert v.shape[0] == 40 and len(set(pid)) == 7
     ds = from_embeddings(emb)
     tr, va = split_prompts(ds.n_prompts, 0.3, 0)
-    rows = store.dataset_rows(res.dataset_hash, ["prompt"]).column("prompt").to_pylist()
+    rows = store.rows.read(res.dataset_hash, ["prompt"]).column("prompt").to_pylist()
     by_item = {}
     order = np.lexsort((emb.response_index, emb.prompt_id))  # items as from_embeddings arranges them
     for flat, row in enumerate(order):

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,64 +23,11 @@ from embrm.store import item_key, open_store
 from embrm.store import schema as S
 
 from conftest import extract_config
+from servers import Server
+from servers import http as _http
 
 pytest.importorskip("fastapi")
 TEXTS = ["The cat sat.", "A longer sentence about dogs and parks.", "Hi", "Numbers: 1 2 3 4 5.", "Last one!"]
-
-
-# ----------------------------------------------------------------- servers
-class Server:
-    """A real `embrm serve` process on a free loopback port."""
-
-    def __init__(self, model: Path, store: Path, *extra: str, env: dict[str, str] | None = None):
-        self.store = store
-        args = [sys.executable, "-m", "embrm.cli", "serve", "--model", str(model), "--dtype", "float32",
-                "--device", "cpu", "--store", str(store), "--port", "0", "--commit-seconds", "0.2", *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-        line = ""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("embrm serve:") or not line and self.proc.poll() is not None:
-                break
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
-        self.url = f"http://127.0.0.1:{m.group(1)}"
-        self.model_hash = None
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-        return _http("GET", self.url + path, None, headers)
-
-    def post(self, path: str, payload: object, headers: dict[str, str] | None = None) -> tuple[int, object]:
-        status, body, _ = _http("POST", self.url + path, json.dumps(payload).encode(),
-                                {"Content-Type": "application/json", **(headers or {})})
-        return status, json.loads(body)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-        return self.proc.returncode
-
-
-def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-          ) -> tuple[int, bytes, dict[str, str]]:
-    assert url.startswith("http://127.0.0.1:")
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read(), {k.lower(): v for k, v in r.headers.items()}
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), {k.lower(): v for k, v in e.headers.items()}
 
 
 @pytest.fixture(scope="module")
@@ -188,19 +132,21 @@ def _metric(text: str, name: str) -> float:
 
 
 # ------------------------------------------------------------------- auth
-def test_every_route_needs_a_token_but_health(tmp_path, tiny_model):
+def test_every_route_needs_a_token_but_health_and_the_page_shell(tmp_path, tiny_model):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
     from embrm.extractor.embedder import EmbeddingSpec
+    from embrm.serve.guard import public
     from embrm.serve.runtime import build
 
     token = "secret-token-of-the-team-0123"
     app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu",
                      tokens={"alice": token})
     routes = [r for r in svc_app_routes(app) if isinstance(r, Route)]
-    assert {"/health", "/v1/embeddings", "/v1/embed", "/v1/entries", "/metrics", "/openapi.json"} <= \
-        {r.path for r in routes}
+    assert {"/health", "/v1/embeddings", "/v1/embed", "/v1/entries", "/v1/jobs", "/v1/stats", "/metrics",
+            "/openapi.json", "/"} <= {r.path for r in routes}
+    assert {r.path for r in routes if public(r.path)} == {"/health", "/", "/page/{name}"}
     with TestClient(app) as c:
         for r in routes:
             path = re.sub(r"{[^}]+}", "x", r.path)
@@ -208,7 +154,7 @@ def test_every_route_needs_a_token_but_health(tmp_path, tiny_model):
                 for headers, allowed in (({}, False), ({"Authorization": "Bearer wrong-token-xxxxxxxx"}, False),
                                          ({"Authorization": f"Bearer {token}"}, True)):
                     res = c.request(method, path, headers=headers)
-                    if r.path == "/health" or allowed:
+                    if public(r.path) or allowed:  # /health and the page's static shell (no data in it)
                         assert res.status_code != 401, (method, r.path, headers)
                     else:
                         assert res.status_code == 401, (method, r.path, headers)
@@ -220,10 +166,20 @@ def test_every_route_needs_a_token_but_health(tmp_path, tiny_model):
 
 
 def svc_app_routes(app):
+    """Every route of the app, inside the guard and inside included routers (FastAPI
+    0.165 keeps an included router as one entry; earlier versions copied its routes)."""
     inner = app
     while not hasattr(inner, "routes"):
         inner = inner.app
-    return inner.routes
+    out, todo = [], list(inner.routes)
+    while todo:
+        r = todo.pop(0)
+        nested = getattr(r, "original_router", None)
+        if nested is not None:
+            todo.extend(nested.routes)
+        else:
+            out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------- bad input
@@ -264,7 +220,7 @@ def test_malformed_requests_get_4xx_json_and_leave_the_store_as_it_was(server):
     for path, want in [("/v1/entries/nope/nope", 404), ("/v1/entries/nope/nope/vectors", 404), ("/nothing", 404)]:
         status, raw, _ = server.get(path)
         assert status == want and "error" in json.loads(raw)
-    status, raw, _ = _http("PUT", server.url + "/v1/datasets", b"not arrow", {"Content-Type": "x"})
+    status, raw, _ = _http("PUT", server.url + "/v1/datasets?kind=pointwise", b"not arrow", {"Content-Type": "x"})
     assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_rows"
     assert server.get("/health")[0] == 200
     store = open_store(server.store)
@@ -278,7 +234,16 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(tmp_path, tiny_model
     from embrm.extractor.embedder import EmbeddingSpec
     from embrm.serve.runtime import build
 
-    app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu")
+    # a reward model to serve, so that the reward routes are fuzzed past the lookup of their model
+    data = tmp_path / "rw.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i // 4}", "response": f" r{i}", "reward": float(i % 5)})
+                            + "\n" for i in range(40)))
+    res = extract(extract_config(data, tiny_model, tmp_path / "s", dtype="float32", quiet=True))
+    r = CliRunner().invoke(cli, ["train", "--model-key", res.model_hash, "--dataset-key", "rw", "--method", "linear",
+                                 "--epochs", "2", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    app, svc = build(EmbeddingSpec(model=str(tiny_model), dtype="float32"), str(tmp_path / "s"), "cpu",
+                     rms={"lin": tmp_path / "run"})
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures = []
     from schemathesis.python import asgi
@@ -316,19 +281,19 @@ def _train_entry(store_path: Path) -> None:
     rows = [{"position": i, "item_key": item_key(f"p{i // k}", f"r{i}"), "prompt_id": i // k, "response_index": i % k,
              "role": "", "label": None, "reward": float(r.reshape(-1)[i]), "prompt": f"p{i // k}",
              "response": f"r{i}"} for i in range(p * k)]
-    store.write_dataset_rows("d" * 64, rows, len(rows))
+    store.rows.write("d" * 64, rows, len(rows))
     store.begin_entry("m" * 64, "synthetic-model", {}, "d" * 64, "synthetic-data", {}, "multi", len(rows))
-    store.write_vectors("m" * 64, [x_["item_key"] for x_ in rows], {-1: x}, np.ones(len(rows)),
-                        np.zeros(len(rows), bool))
+    store.writer.write("m" * 64, [x_["item_key"] for x_ in rows], {-1: x}, np.ones(len(rows)),
+                       np.zeros(len(rows), bool))
     store.finish_entry("m" * 64, "d" * 64)
 
 
 def test_trainers_read_the_store_through_the_service(server, tmp_path):
     _train_entry(server.store)
     local = open_store(server.store).load("synthetic-model", "synthetic-data")
-    from embrm.serve.client import RemoteStore
+    from embrm.store.service import ServiceStore
 
-    remote = RemoteStore(server.url)
+    remote = ServiceStore(server.url)
     pulled = remote.load("synthetic-model", "synthetic-data")
     assert pulled.vectors.dtype == local.vectors.dtype and np.array_equal(pulled.vectors, local.vectors)
     for f in ("prompt_id", "response_index", "reward", "n_tokens", "truncated"):
@@ -376,13 +341,13 @@ def test_sigterm_flushes_what_was_computed(tmp_path, tiny_model):
     status, out = s.post("/v1/embeddings", {"input": TEXTS})
     assert status == 200
     store = open_store(tmp_path / "store")
-    assert store.vector_info(_model_hash(s)) is None  # nothing committed yet
+    assert store.vectors.info(_model_hash(s)) is None  # nothing committed yet
     assert s.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     e = store.resolve(_model_hash(s), "served")
-    keys = store.cached_keys(e.model_hash).to_pylist()
+    keys = store.vectors.cached(e.model_hash).to_pylist()
     assert sorted(keys) == sorted(item_key("", t) for t in TEXTS) and e.rows == len(TEXTS)
     res = store.gc()  # served vectors are referenced: gc keeps them
-    assert res["vectors_deleted"] == 0 and len(store.cached_keys(e.model_hash)) == len(TEXTS)
+    assert res["vectors_deleted"] == 0 and len(store.vectors.cached(e.model_hash)) == len(TEXTS)
 
 
 def _model_hash(s: Server) -> str:
@@ -399,15 +364,15 @@ def test_sigkill_during_a_dataset_job_then_the_same_request_has_every_item_once(
     mh = _model_hash(s)
     from embrm.extractor.datasets import DatasetSpec
     from embrm.extractor.plan import scan_dataset
-    from embrm.serve.client import RemoteStore
+    from embrm.store.service import ServiceStore
 
     scan = scan_dataset(DatasetSpec(str(data)))
-    client = RemoteStore(s.url)
-    client.upload(scan.rows(), scan.dataset_hash, scan.name)
+    client = ServiceStore(s.url)
+    client.upload(scan.rows(), scan.dataset_hash, scan.name, scan.kind)
     client.start_entry(scan.dataset_hash, scan.name, scan.kind, scan.source)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        vi = open_store(tmp_path / "store").vector_info(mh)
+        vi = open_store(tmp_path / "store").vectors.info(mh)
         if vi is not None and open_store(tmp_path / "store").tables.get(S.vector_table(mh)).count_rows() >= 64:
             break
         time.sleep(0.05)
@@ -416,17 +381,17 @@ def test_sigkill_during_a_dataset_job_then_the_same_request_has_every_item_once(
     assert store.resolve(mh, scan.dataset_hash).status == "partial"
     s2 = Server(tiny_model, tmp_path / "store")
     try:
-        RemoteStore(s2.url).start_entry(scan.dataset_hash, scan.name, scan.kind, scan.source)
+        ServiceStore(s2.url).start_entry(scan.dataset_hash, scan.name, scan.kind, scan.source)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            job = RemoteStore(s2.url).entry_status(mh, scan.dataset_hash)["job"]
+            job = ServiceStore(s2.url).entry_status(mh, scan.dataset_hash)["job"]
             if job and job["status"] != "running":
                 break
             time.sleep(0.2)
         assert job["status"] == "complete" and job["cached"] >= 64
     finally:
         s2.stop()
-    keys = open_store(tmp_path / "store").cached_keys(mh).to_pylist()
+    keys = open_store(tmp_path / "store").vectors.cached(mh).to_pylist()
     assert len(keys) == len(set(keys)) == 1500
 
 
@@ -448,7 +413,31 @@ def test_extract_through_the_server_gives_the_local_hashes_and_entry(server, tmp
                                open_store(tmp_path / "local").load(local.model_hash, local.dataset_hash).vectors,
                                atol=2e-5)
     res = r.invoke(cli, ["extract", "--dataset", str(data), "--server", server.url, "--pooling", "mean"])
-    assert res.exit_code == 2 and "--pooling" in res.output
+    assert res.exit_code == 2 and "--pooling mean (served: last)" in res.output and res.output.count("\n") == 1
+    res = r.invoke(cli, ["extract", "--dataset", str(data), "--store", server.url, "--pooling", "last", "--quiet"])
+    assert res.exit_code == 0 and "computed 0   cached 24" in res.output, res.output  # --store URL is --server URL
+
+
+def test_store_rm_and_gc_reach_the_service_with_its_token(tmp_path, tiny_model):
+    token = "team-token-0123456789abcdef"
+    s = Server(tiny_model, tmp_path / "store", env={"EMBRM_TOKEN": token})
+    try:
+        _train_entry(s.store)
+        r = CliRunner()
+        args = ["synthetic-model", "synthetic-data", "--store", s.url]
+        res = r.invoke(cli, ["store", "rm", *args], env={"EMBRM_TOKEN": ""})
+        assert res.exit_code == 2 and "valid bearer token" in res.output and res.output.count("\n") == 1
+        assert len(open_store(s.store).entries()) == 1
+        res = r.invoke(cli, ["store", "rm", *args], env={"EMBRM_TOKEN": token})
+        assert res.exit_code == 0 and "removed synthetic-model x synthetic-data" in res.output, res.output
+        assert open_store(s.store).entries() == []
+        res = r.invoke(cli, ["store", "gc", "--store", s.url], env={"EMBRM_TOKEN": token})
+        assert res.exit_code == 0 and "tables dropped: 2" in res.output, res.output  # its rows and vectors
+        assert open_store(s.store).vectors.info("m" * 64) is None
+        res = r.invoke(cli, ["store", "rm", *args], env={"EMBRM_TOKEN": token})
+        assert res.exit_code == 2 and "no entries yet" in res.output
+    finally:
+        s.stop()
 
 
 def test_serve_without_its_extra_is_one_line(monkeypatch, tmp_path):

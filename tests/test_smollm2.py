@@ -30,7 +30,7 @@ def test_default_model_on_hh_rlhf_matches_per_example_and_caches(tmp_path):
     from embrm.extractor.models import load_tokenizer
 
     tok = load_tokenizer(src)
-    rows = store.dataset_rows(res.dataset_hash, ["prompt", "response"]).to_pylist()
+    rows = store.rows.read(res.dataset_hash, ["prompt", "response"]).to_pylist()
     enc = encode_batch(tok, [r["prompt"] for r in rows], [r["response"] for r in rows], "raw", 256, "left")
     with torch.inference_mode():
         ref = np.stack([model(input_ids=torch.tensor([e.ids])).last_hidden_state[0, -1].numpy() for e in enc])

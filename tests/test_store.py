@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,9 @@ from embrm.cli import main as cli
 from embrm.errors import EmbrmError
 from embrm.store import DatasetHasher, ModelFingerprint, item_key, open_store
 from embrm.store import schema as S
-from embrm.store.loader import cache_path_for
+from embrm.store.maintenance import compact
+
+from procs import kill_after
 
 HERE = Path(__file__).parent
 WRITER = HERE / "store_writer.py"
@@ -36,11 +37,11 @@ def _rows(prompts: list[str], k: int, rewards: np.ndarray | None = None, kind: s
 
 
 def _write(store, mh: str, dh: str, rows, vec_of, kind="multi", dtype="float32", layers=(-1,), name=None):
-    store.write_dataset_rows(dh, rows, len(rows))
+    store.rows.write(dh, rows, len(rows))
     store.begin_entry(mh, name or "model-x", {"pooling": "last"}, dh, f"data-{dh[:4]}", {"path": "x"}, kind, len(rows))
     keys = [r["item_key"] for r in rows]
     vecs = {layer: np.stack([vec_of(k, layer) for k in keys]) for layer in layers}
-    store.write_vectors(mh, keys, vecs, np.arange(len(keys)) + 1, np.zeros(len(keys), bool), dtype=dtype)
+    store.writer.write(mh, keys, vecs, np.arange(len(keys)) + 1, np.zeros(len(keys), bool), dtype=dtype)
     return store.finish_entry(mh, dh)
 
 
@@ -87,19 +88,19 @@ def test_vectors_are_shared_across_datasets(store_path):
     _write(store, "m" * 64, "a" * 64, a, _vec)
     calls = []
     keys_b = [r["item_key"] for r in b]
-    have = set(store.cached_keys("m" * 64).to_pylist())
+    have = set(store.vectors.cached("m" * 64).to_pylist())
     missing = [k for k in keys_b if k not in have]
     calls.append(len(missing))
-    store.write_dataset_rows("b" * 64, b, len(b))
+    store.rows.write("b" * 64, b, len(b))
     store.begin_entry("m" * 64, "model-x", {}, "b" * 64, "data-b", {}, "multi", len(b))
-    store.write_vectors("m" * 64, missing, {-1: np.stack([_vec(k) for k in missing])},
-                        np.ones(len(missing)), np.zeros(len(missing), bool))
+    store.writer.write("m" * 64, missing, {-1: np.stack([_vec(k) for k in missing])},
+                       np.ones(len(missing)), np.zeros(len(missing), bool))
     e = store.finish_entry("m" * 64, "b" * 64)
     assert calls == [2] and e.status == "complete" and e.rows == 6
     assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 8
     np.testing.assert_array_equal(store.load("model-x", "data-b").vectors, np.stack([_vec(k) for k in keys_b]))
     # writing the same items again is a no-op, never a duplicate
-    store.write_vectors("m" * 64, keys_b, {-1: np.stack([_vec(k) for k in keys_b])}, np.ones(6), np.zeros(6, bool))
+    store.writer.write("m" * 64, keys_b, {-1: np.stack([_vec(k) for k in keys_b])}, np.ones(6), np.zeros(6, bool))
     assert store.tables.get(S.vector_table("m" * 64)).count_rows() == 8
 
 
@@ -108,22 +109,22 @@ def test_load_cache_follows_table_version(store_path, monkeypatch):
     store = open_store(store_path, create=True)
     rows = _rows(["p0", "p1"], 2)
     keys = [r["item_key"] for r in rows]
-    store.write_dataset_rows("d" * 64, rows, 4)
+    store.rows.write("d" * 64, rows, 4)
     store.begin_entry("m" * 64, "mx", {}, "d" * 64, "dx", {}, "multi", 4)
-    store.write_vectors("m" * 64, keys[:2], {-1: np.zeros((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
+    store.writer.write("m" * 64, keys[:2], {-1: np.zeros((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
     store.finish_entry("m" * 64, "d" * 64)
     with pytest.raises(EmbrmError, match="partial"):
         store.load("mx", "dx")
     part = store.load("mx", "dx", allow_partial=True)
     assert len(part) == 2 and list(part.response_index) == [0, 1]
-    first = cache_path_for(store, "mx", "dx", -1)
+    first = store.reader.cache_path(store.resolve("mx", "dx"), -1)
     assert first.exists()
-    store.write_vectors("m" * 64, keys[2:], {-1: np.ones((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
+    store.writer.write("m" * 64, keys[2:], {-1: np.ones((2, 8), np.float32)}, np.ones(2), np.zeros(2, bool))
     store.finish_entry("m" * 64, "d" * 64)
     full = store.load("mx", "dx", mmap=True)
     assert isinstance(full.vectors, np.memmap)
     np.testing.assert_array_equal(np.asarray(full.vectors)[:, 0], [0, 0, 1, 1])
-    assert cache_path_for(store, "mx", "dx", -1) != first and not first.exists()
+    assert store.reader.cache_path(store.resolve("mx", "dx"), -1) != first and not first.exists()
 
 
 def test_key_resolution_by_name_hash_and_prefix(store_path):
@@ -153,13 +154,13 @@ def test_bad_writes_leave_the_store_as_it_was(store_path):
     before = _versions(store)
     k = [item_key("new", "item")]
     with pytest.raises(EmbrmError, match="dim 4 but the table stores dim 8"):
-        store.write_vectors("m" * 64, k, {-1: np.zeros((1, 4), np.float32)}, [1], [False])
+        store.writer.write("m" * 64, k, {-1: np.zeros((1, 4), np.float32)}, [1], [False])
     with pytest.raises(EmbrmError, match="float16 but the table stores float32"):
-        store.write_vectors("m" * 64, k, {-1: np.zeros((1, 8), np.float16)}, [1], [False], dtype="float16")
+        store.writer.write("m" * 64, k, {-1: np.zeros((1, 8), np.float16)}, [1], [False], dtype="float16")
     with pytest.raises(EmbrmError, match="layers"):
-        store.write_vectors("m" * 64, k, {-2: np.zeros((1, 8), np.float32)}, [1], [False])
+        store.writer.write("m" * 64, k, {-2: np.zeros((1, 8), np.float32)}, [1], [False])
     with pytest.raises(EmbrmError, match="NaN"):
-        store.write_vectors("m" * 64, k, {-1: np.full((1, 8), np.nan, np.float32)}, [1], [False])
+        store.writer.write("m" * 64, k, {-1: np.full((1, 8), np.nan, np.float32)}, [1], [False])
     with pytest.raises(EmbrmError, match="layer 5 was not extracted.*stored layers: -1"):
         store.load("model-x", "dddd", layer=5)
     assert _versions(store) == before
@@ -214,10 +215,10 @@ def test_export_rm_gc(store_path, tmp_path, monkeypatch):
 def test_many_small_writes_are_compacted(store_path):
     store = open_store(store_path, create=True)
     rows = _rows([f"p{i}" for i in range(20)], 2)
-    store.write_dataset_rows("d" * 64, rows, len(rows))
+    store.rows.write("d" * 64, rows, len(rows))
     store.begin_entry("m" * 64, "mx", {}, "d" * 64, "dx", {}, "multi", len(rows))
     for r in rows:
-        store.write_vectors("m" * 64, [r["item_key"]], {-1: _vec(r["item_key"])[None]}, [1], [False])
+        store.writer.write("m" * 64, [r["item_key"]], {-1: _vec(r["item_key"])[None]}, [1], [False])
     assert len(store.tables.get(S.vector_table("m" * 64)).get_fragments()) == 40
     store.finish_entry("m" * 64, "d" * 64)
     assert len(store.tables.get(S.vector_table("m" * 64)).get_fragments()) == 1
@@ -245,7 +246,7 @@ def _check_exactly_once(store_path: Path, n: int) -> None:
     from store_writer import MODEL, vector_for
 
     store = open_store(store_path)
-    keys = store.cached_keys(MODEL).to_pylist()
+    keys = store.vectors.cached(MODEL).to_pylist()
     assert len(keys) == len(set(keys)) == n
     e = store.resolve("writer-model", "writer-data")
     assert e.status == "complete" and e.rows == n
@@ -255,20 +256,11 @@ def _check_exactly_once(store_path: Path, n: int) -> None:
 
 def test_sigkill_mid_write_then_rerun_has_every_row_once(store_path, py):
     n = 400
-    p = subprocess.Popen([py, str(WRITER), str(store_path), str(n), "20", "0.05"],
-                         stdout=subprocess.PIPE, text=True)
-    written = 0
-    for line in p.stdout:  # kill after a few committed chunks, mid-run
-        if line.startswith("wrote"):
-            written = int(line.split()[1])
-            if written >= 100:
-                break
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    p.stdout.close()
-    assert p.returncode == -signal.SIGKILL
+    lines = kill_after([str(WRITER), str(store_path), str(n), "20", "0.05"], "wrote", 5)  # mid-run
+    written = int(lines[-1].split()[1])
+    assert written == 100
     store = open_store(store_path)
-    partial = store.cached_keys("a" * 64)
+    partial = store.vectors.cached("a" * 64)
     assert written <= len(partial) < n
     e = store.resolve("writer-model", "writer-data")
     assert e.status == "partial"
@@ -340,8 +332,8 @@ def test_direct_reads_equal_lance_reads_and_fall_back_when_the_layout_is_not_pla
     np_dtype = np.float16 if dtype == "float16" else np.float32
     x = rng.standard_normal((3000, dim)).astype(np_dtype)
     for s in range(0, 3000, 700):  # several fragments
-        store.write_vectors("m" * 64, keys[s:s + 700], {-1: x[s:s + 700]}, np.ones(len(keys[s:s + 700])),
-                            np.zeros(len(keys[s:s + 700]), bool), dtype=dtype)
+        store.writer.write("m" * 64, keys[s:s + 700], {-1: x[s:s + 700]}, np.ones(len(keys[s:s + 700])),
+                           np.zeros(len(keys[s:s + 700]), bool), dtype=dtype)
     ds = store.tables.get(S.vector_table("m" * 64))
     stored = ds.to_table(columns=["item_key"]).column(0).to_pylist()
     want = x[[keys.index(k) for k in stored]]  # table order
@@ -353,13 +345,13 @@ def test_direct_reads_equal_lance_reads_and_fall_back_when_the_layout_is_not_pla
     plain = column_pages(ds, "layer_m1", dim, np.dtype(np_dtype).itemsize)
     if dim == 576:  # a model-sized fixed-size list is stored flat: the direct path is taken
         assert plain is not None and plain.rows == 3000
-    got = store.get_vectors("m" * 64, [keys[5], "0" * 32, keys[2999]])
+    got = store.vectors.point_read("m" * 64, [keys[5], "0" * 32, keys[2999]])
     assert list(got.found) == [True, False, True]
     np.testing.assert_array_equal(got.vectors[-1][[0, 2]], x[[5, 2999]])
     lance.dataset(ds.uri).delete(f"item_key = '{keys[7]}'")  # a deletion file: the direct path steps aside
     ds = store.tables.get(S.vector_table("m" * 64))
     assert column_pages(ds, "layer_m1", dim, np.dtype(np_dtype).itemsize) is None
-    got = store.get_vectors("m" * 64, [keys[7], keys[8], keys[2000]])
+    got = store.vectors.point_read("m" * 64, [keys[7], keys[8], keys[2000]])
     assert list(got.found) == [False, True, True]
     np.testing.assert_array_equal(got.vectors[-1][[1, 2]], x[[8, 2000]])
 
@@ -369,14 +361,14 @@ def test_point_read_index_follows_appends_and_rebuilds_after_compaction(store_pa
     keys = [item_key("q", str(i)) for i in range(60)]
     vec = {k: np.full(4, i, np.float32) for i, k in enumerate(keys)}
     for s in range(0, 60, 6):
-        store.write_vectors("m" * 64, keys[s:s + 6], {-1: np.stack([vec[k] for k in keys[s:s + 6]])}, np.ones(6),
-                            np.zeros(6, bool))
-        got = store.get_vectors("m" * 64, keys[: s + 6])  # after every commit, incrementally
+        store.writer.write("m" * 64, keys[s:s + 6], {-1: np.stack([vec[k] for k in keys[s:s + 6]])}, np.ones(6),
+                           np.zeros(6, bool))
+        got = store.vectors.point_read("m" * 64, keys[: s + 6])  # after every commit, incrementally
         assert got.found.all() and np.array_equal(got.vectors[-1][:, 0], np.arange(s + 6))
-    index, _ = store.key_index("m" * 64)
+    index = store.vectors.index("m" * 64)
     assert sum(len(seg.keys) for seg in index.segments) == 60
-    store.compact(S.vector_table("m" * 64), min_fragments=1)
-    got = store.get_vectors("m" * 64, keys[::-1])
+    compact(store.tables, S.vector_table("m" * 64), min_fragments=1)
+    got = store.vectors.point_read("m" * 64, keys[::-1])
     assert got.found.all() and np.array_equal(got.vectors[-1][:, 0], np.arange(60)[::-1])
     assert len(index.segments) == 1
 

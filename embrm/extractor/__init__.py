@@ -5,8 +5,7 @@ costs no torch or transformers import; they load with the first use that needs t
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from embrm.lazy import lazy_exports
 
 _NAMES = {
     "Columns": "embrm.extractor.datasets",
@@ -15,20 +14,16 @@ _NAMES = {
     "Embedder": "embrm.extractor.embedder",
     "EmbeddingSpec": "embrm.extractor.embedder",
     "Embedded": "embrm.extractor.embedder",
-    "ExtractConfig": "embrm.extractor.extraction",
-    "ExtractResult": "embrm.extractor.extraction",
-    "RunOptions": "embrm.extractor.extraction",
+    "ExtractConfig": "embrm.extractor.config",
+    "ExtractResult": "embrm.extractor.report",
+    "RunOptions": "embrm.extractor.config",
     "extract": "embrm.extractor.extraction",
     "ExtractionPlan": "embrm.extractor.plan",
     "plan_extraction": "embrm.extractor.plan",
     "scan_dataset": "embrm.extractor.plan",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'embrm.extractor' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _NAMES)
 
 
 __all__ = sorted(_NAMES)

@@ -6,10 +6,12 @@ served model and an extracted one are named by the same flags and fingerprints.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import click
 
+from embrm.extractor.datasets import Columns
 from embrm.options import INTS, store_option
 
 MODEL_OPTIONS = [
@@ -33,8 +35,8 @@ MODEL_OPTIONS = [
 
 
 RAY_PARAMS = ("address", "num_workers", "gpus_per_worker", "cpus_per_worker", "commit_rows", "commit_seconds")
-MODEL_PARAMS = {"model", "revision", "input_format", "pooling", "layers", "dtype", "device", "max_length",
-                "truncation_side", "batch_tokens", "trust_remote_code"}
+SPEC_PARAMS = ("model", "revision", "input_format", "pooling", "layers", "dtype", "max_length", "truncation_side",
+               "trust_remote_code")
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,29 +55,55 @@ def embedding_spec(kw: dict[str, Any]) -> Any:
                          trust_remote_code=kw.pop("trust_remote_code"))
 
 
+def given(ctx: click.Context, names: set[str] | tuple[str, ...]) -> list[str]:
+    """The flags among ``names`` that the user gave (not left at their defaults)."""
+    return [o.opts[0] for o in ctx.command.params
+            if o.name in names and ctx.get_parameter_source(o.name).name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def dataset_options(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that name a dataset source and map its columns (``extract``, and
+    ``score``/``rerank`` of new texts)."""
+    opts = [
+        click.option("--dataset", required=required, default=None,
+                     help="Hub dataset id, .jsonl/.json/.parquet/.csv file, or save_to_disk directory."),
+        click.option("--split", default="train", show_default=True),
+        click.option("--config", "ds_config", default=None, help="Hub dataset configuration."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N records."),
+        *[click.option(f"--{c.replace('_', '-')}-col", f"{c}_col", default=getattr(Columns, c), show_default=True)
+          for c in COLUMNS],
+        click.option("--skip-bad-rows", is_flag=True,
+                     help="Skip (and count) records with a non-text value or nothing to embed."),
+    ]
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+COLUMNS = tuple(f.name for f in fields(Columns))  # a --<name>-col option each
+
+
+def dataset_spec(kw: dict[str, Any]) -> Any:
+    """Pop the dataset options out of a command's keyword arguments into a DatasetSpec."""
+    from embrm.extractor.datasets import DatasetSpec
+
+    cols = Columns(**{c: kw.pop(f"{c}_col") for c in COLUMNS})
+    return DatasetSpec(kw.pop("dataset"), kw.pop("split"), kw.pop("ds_config"), None, kw.pop("limit"), cols,
+                       kw.pop("skip_bad_rows"))
+
+
 @click.command("extract")
-@click.option("--dataset", required=True,
-              help="Hub dataset id, .jsonl/.json/.parquet/.csv file, or save_to_disk directory.")
-@click.option("--split", default="train", show_default=True)
-@click.option("--config", "ds_config", default=None, help="Hub dataset configuration.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N records.")
-@click.option("--prompt-col", default="prompt", show_default=True)
-@click.option("--response-col", default="response", show_default=True)
-@click.option("--chosen-col", default="chosen", show_default=True)
-@click.option("--rejected-col", default="rejected", show_default=True)
-@click.option("--responses-col", default="responses", show_default=True)
-@click.option("--rewards-col", default="rewards", show_default=True)
-@click.option("--reward-col", default="reward", show_default=True)
-@click.option("--label-col", default="label", show_default=True)
-@click.option("--messages-col", default="messages", show_default=True)
-@click.option("--skip-bad-rows", is_flag=True,
-              help="Skip (and count) records with a non-text value or nothing to embed.")
+@dataset_options()
 @model_options
 @click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Rows per store commit (a crash loses at most one).")
 @click.option("--quiet", is_flag=True, help="No progress bars, ours or the libraries'.")
 @click.option("--server", default=None, metavar="URL",
-              help="Extract on an `embrm serve` service (its model, its store) instead of here.")
+              help="Extract on an `embrm serve` service (its model, its store): the same as --store URL.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run the forward passes in this process, or on Ray Data actors.")
 @click.option("--address", default=None, help="[ray] Ray cluster to join ('auto': the running one); "
@@ -95,49 +123,26 @@ def extract_cmd(**kw: Any) -> None:
         from embrm.options import quiet_third_party
 
         quiet_third_party()
-    from embrm.extractor.datasets import Columns, DatasetSpec
-    from embrm.extractor.extraction import ExtractConfig, RunOptions
+    from embrm.errors import EmbrmError
+    from embrm.extractor.extraction import ExtractConfig, RunOptions, extract
 
-    server = kw.pop("server")
     ctx = click.get_current_context()
     engine = kw.pop("engine")
     ray_kw = {k: kw.pop(k) for k in RAY_PARAMS}
-    if engine != "ray":
-        given = [o.opts[0] for o in ctx.command.params
-                 if o.name in RAY_PARAMS and ctx.get_parameter_source(o.name).name != "DEFAULT"]
-        if given:
-            from embrm.errors import EmbrmError
-
-            raise EmbrmError(f"{', '.join(given)} only apply with --engine ray")
-    if server:
-        given = [o.opts[0] for o in click.get_current_context().command.params
-                 if o.name in MODEL_PARAMS and click.get_current_context().get_parameter_source(o.name).name
-                 != "DEFAULT"]
-        if given or kw["store_uri"]:
-            from embrm.errors import EmbrmError
-
-            raise EmbrmError(f"{', '.join(given + (['--store'] if kw['store_uri'] else []))}: with --server the "
-                             "service's model and store are used; see its GET /v1/info")
-
-    cols = Columns(kw.pop("prompt_col"), kw.pop("response_col"), kw.pop("chosen_col"), kw.pop("rejected_col"),
-                   kw.pop("responses_col"), kw.pop("rewards_col"), kw.pop("reward_col"), kw.pop("label_col"),
-                   kw.pop("messages_col"))
-    data = DatasetSpec(kw.pop("dataset"), kw.pop("split"), kw.pop("ds_config"), None, kw.pop("limit"), cols,
-                       kw.pop("skip_bad_rows"))
+    if engine != "ray" and given(ctx, RAY_PARAMS):
+        raise EmbrmError(f"{', '.join(given(ctx, RAY_PARAMS))} only apply with --engine ray")
+    server = kw.pop("server")
+    if server and kw["store_uri"]:
+        raise EmbrmError("--server URL is another way to write --store URL: give one of them")
+    explicit_spec = bool(given(ctx, SPEC_PARAMS))
+    data = dataset_spec(kw)
     spec = embedding_spec(kw)
     run = RunOptions(device=kw.pop("device"), batch_tokens=kw.pop("batch_tokens"), window=kw.pop("window"),
-                     store=kw.pop("store_uri"), quiet=kw.pop("quiet"))
-    cfg = ExtractConfig(data, spec, run)
-    if server:
-        from embrm.serve.client import extract_remote
+                     store=server or kw.pop("store_uri"), quiet=kw.pop("quiet"))
+    ray = None
+    if engine == "ray":
+        from embrm.extractor.engines.ray import RayOptions
 
-        res = extract_remote(server, cfg)
-    elif engine == "ray":
-        from embrm.extractor.engines.ray import RayOptions, extract_ray
-
-        res = extract_ray(cfg, RayOptions(**ray_kw))
-    else:
-        from embrm.extractor.extraction import extract
-
-        res = extract(cfg)
+        ray = RayOptions(**ray_kw)
+    res = extract(ExtractConfig(data, spec if explicit_spec else None, run), engine=engine, ray=ray)
     click.echo(res.report())

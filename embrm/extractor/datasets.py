@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zlib import error as zlib_error
 
 from embrm.errors import EmbrmError
 
@@ -82,8 +83,8 @@ class DatasetSpec:
             if base.endswith(suf):
                 base = base[: -len(suf)]
                 break
-        if not _is_local(self.source):
-            base += f":{self.split}" + (f":{self.config}" if self.config else "")
+        if not _is_local(self.source):  # a hub id: its "/" becomes "--" (a name is one URL path segment)
+            base = base.replace("/", "--") + f":{self.split}" + (f":{self.config}" if self.config else "")
         return base + (f"[:{self.limit}]" if self.limit else "")
 
 
@@ -132,26 +133,41 @@ def _open_text(p: Path) -> io.TextIOBase:
     return open(p, encoding="utf-8")
 
 
+def _lines(p: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, with the two ways a file fails to be UTF-8
+    text (not gzip though named .gz; bytes that are not UTF-8) as one line that names the
+    file and where."""
+    n = 0
+    try:
+        with _open_text(p) as f:
+            for n, line in enumerate(f, 1):  # noqa: B007 (n is read after the loop, in the error)
+                yield n, line
+    except (gzip.BadGzipFile, EOFError, zlib_error) as e:
+        raise EmbrmError(f"{p.name} is not a whole gzip file ({e}); decompress it, or drop the .gz") from None
+    except UnicodeDecodeError as e:
+        raise EmbrmError(f"{p.name} is not UTF-8 text: byte 0x{e.object[e.start]:02x} near line {n + 1} "
+                         f"({e.reason}); save it as UTF-8") from None
+
+
 def _jsonl(p: Path) -> Iterator[dict[str, Any]]:
-    with _open_text(p) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmbrmError(f"{p.name} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
-            if not isinstance(rec, dict):
-                raise EmbrmError(f"{p.name} line {n} is not a JSON object")
-            yield rec
+    for n, line in _lines(p):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EmbrmError(f"{p.name} line {n} is not valid JSON ({e.msg}); fix or remove it") from None
+        if not isinstance(rec, dict):
+            raise EmbrmError(f"{p.name} line {n} is not a JSON object")
+        yield rec
 
 
 def _json(p: Path) -> Iterator[dict[str, Any]]:
-    with _open_text(p) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise EmbrmError(f"{p.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    text = "".join(line for _, line in _lines(p))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EmbrmError(f"{p.name} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if isinstance(data, dict):  # {"data": [...]} or column-oriented
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) == 1 and all(isinstance(x, dict) for x in lists[0]):
@@ -168,28 +184,27 @@ def _parquet(p: Path) -> Iterator[dict[str, Any]]:
 
     try:
         f = pq.ParquetFile(p)
-    except Exception as e:
-        raise EmbrmError(f"{p.name} is not a readable Parquet file ({e})") from None
-    for batch in f.iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+        for batch in f.iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise EmbrmError(f"{p.name} is not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
 
 
 def _csv(p: Path) -> Iterator[dict[str, Any]]:
     import pyarrow.csv as pcsv
 
-    try:
-        reader = pcsv.open_csv(p)
-    except Exception as e:
-        raise EmbrmError(f"{p.name} is not a readable CSV file ({e})") from None
-    for batch in reader:
-        for rec in batch.to_pylist():
-            for k, v in rec.items():  # list columns in CSV arrive as JSON text
-                if isinstance(v, str) and v[:1] == "[" and v[-1:] == "]":
-                    try:
-                        rec[k] = json.loads(v)
-                    except json.JSONDecodeError:
-                        pass
-            yield rec
+    try:  # streamed: a batch at a time
+        for batch in pcsv.open_csv(p):
+            for rec in batch.to_pylist():
+                for k, v in rec.items():  # list columns in CSV arrive as JSON text
+                    if isinstance(v, str) and v[:1] == "[" and v[-1:] == "]":
+                        try:
+                            rec[k] = json.loads(v)
+                        except json.JSONDecodeError:
+                            pass
+                yield rec
+    except (OSError, ValueError) as e:  # not CSV, not UTF-8, not gzip (pyarrow's ArrowInvalid is a ValueError)
+        raise EmbrmError(f"{p.name} is not a readable CSV file ({str(e).splitlines()[0][:200]})") from None
 
 
 def _saved_dataset(p: Path, split: str) -> Iterator[dict[str, Any]]:
@@ -292,6 +307,11 @@ def _text(v: Any, what: str, i: int) -> str:
     if not isinstance(v, str):
         raise BadRecord(f"record {i}: {what} must be text, got {type(v).__name__}; fix the data or pass "
                         "--skip-bad-rows to skip such records")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\ud800"), which no UTF-8 text holds
+        raise BadRecord(f"record {i}: {what} is not valid Unicode (a lone surrogate); fix the data or pass "
+                        "--skip-bad-rows to skip such records") from None
     return v
 
 

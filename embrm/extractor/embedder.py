@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
-from embrm.extractor.formatting import FORMATS, Encoded, encode_batch, template_text
+from embrm.extractor.formatting import FORMATS, Encoded, clip_texts, encode_batch, template_text
 from embrm.extractor.models import (
     ModelSource,
     load_pretrained,
@@ -46,6 +46,23 @@ class EmbeddingSpec:
     max_length: int = 1024
     truncation_side: str = "left"
     trust_remote_code: bool = False
+
+    @classmethod
+    def of_catalog(cls, cfg: dict[str, Any]) -> EmbeddingSpec:
+        """The spec an entry's ``model_config`` (:meth:`Embedder.catalog_config`) was made
+        with: how a reward model finds the embedding it was trained on, to embed new
+        texts the same way. The packaged default model is named by its hub id there."""
+        from embrm.extractor.models import DEFAULT_HUB_ID
+
+        try:
+            default = cfg["kind"] == "gguf" and cfg["source"] == DEFAULT_HUB_ID
+            return cls(model=None if default else cfg["source"], revision=cfg.get("revision"),
+                       input_format=cfg["input_format"], pooling=cfg["pooling"], layers=tuple(cfg["layers"]),
+                       dtype=cfg["dtype"], max_length=int(cfg["max_length"]),
+                       truncation_side=cfg["truncation_side"])
+        except (KeyError, TypeError, ValueError):
+            raise EmbrmError("the model configuration recorded for this embedding is incomplete; extract the "
+                             "new texts with `embrm extract` and score them with --dataset-key") from None
 
     def validate(self) -> None:
         if self.input_format not in FORMATS:
@@ -92,6 +109,7 @@ class Embedder:
         self.batch_tokens = batch_tokens or (CPU_BATCH_TOKENS if self.device == "cpu" else GPU_BATCH_TOKENS)
         self._tok: Any = None
         self._model: Any = None
+        self._clip: int | None = None
         self._fp: ModelFingerprint | None = None
 
     # ------------------------------------------------------------- identity
@@ -148,10 +166,33 @@ class Embedder:
         return int(self.load()._model.config.hidden_size)
 
     # ---------------------------------------------------------------- embed
+    @property
+    def clip_chars(self) -> int:
+        """Characters of an item beyond which its text is cut before tokenising: twice what
+        ``max_length`` tokens of the longest token in the vocabulary can span, so the
+        tokens that truncation keeps are the same (:func:`~embrm.extractor.formatting.clip_texts`)."""
+        if self._clip is None:
+            longest = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+            self._clip = 2 * self.spec.max_length * max(4, longest)
+        return self._clip
+
+    def clip(self, prompt: str, response: str) -> tuple[str, str]:
+        """The part of an item's texts that is embedded (what the service keeps)."""
+        return clip_texts(prompt, response, self.clip_chars, self.spec.truncation_side)
+
     def encode(self, prompts: list[str], responses: list[str]) -> list[Encoded]:
-        """Token ids of each item as the model will see them (formatted, truncated)."""
+        """Token ids of each item as the model will see them (formatted, cut, truncated)."""
         s = self.spec
-        return encode_batch(self.tokenizer, prompts, responses, s.input_format, s.max_length, s.truncation_side)
+        return encode_batch(self.tokenizer, prompts, responses, s.input_format, s.max_length, s.truncation_side,
+                            self.clip_chars)
+
+    def batches(self, enc: list[Encoded]) -> list[list[int]]:
+        """The forward batches of encoded items: length-sorted, within the token budget.
+        The one place items are cut into batches, for every caller (the service's model
+        thread plans a job window with it, then runs one batch at a time)."""
+        from embrm.extractor.batching import token_budget_batches
+
+        return token_budget_batches([len(e.ids) for e in enc], self.batch_tokens)
 
     def embed(self, prompts: list[str], responses: list[str]) -> Embedded:
         """Vectors per layer for the items, in their order."""
@@ -159,12 +200,12 @@ class Embedder:
             raise EmbrmError(f"{len(prompts)} prompts for {len(responses)} responses")
         return self.embed_encoded(self.encode(prompts, responses))
 
-    def embed_encoded(self, enc: list[Encoded]) -> Embedded:
-        """Vectors of already encoded items: length-sorted token-budget batches, one
-        forward pass each, pooled, with one device sync at the end."""
+    def embed_encoded(self, enc: list[Encoded], batches: list[list[int]] | None = None) -> Embedded:
+        """Vectors of already encoded items: one forward pass per batch (default:
+        :meth:`batches`), pooled, with one device sync at the end."""
         import torch
 
-        from embrm.extractor.batching import pad_batch, token_budget_batches
+        from embrm.extractor.batching import pad_batch
         from embrm.extractor.pooling import pool
 
         self.load()
@@ -177,7 +218,7 @@ class Embedder:
         want_all = any(x != -1 for x in layers)
         pin = device == "cuda"
         with torch.inference_mode():
-            for batch in token_budget_batches(lengths, self.batch_tokens):
+            for batch in batches if batches is not None else self.batches(enc):
                 # honour the tokenizer's padding side; pooling is correct under either
                 ids, mask = pad_batch([enc[i].ids for i in batch], int(tok.pad_token_id),
                                       left=tok.padding_side == "left")

@@ -6,8 +6,9 @@
    whichever dataset they were computed for.
 3. Register: write the dataset's rows table (idempotent) and open a catalog entry.
 
-The local loop, the service's dataset jobs and the Ray driver all start from an
-:class:`ExtractionPlan`, so keying and fingerprints exist once.
+The local and Ray engines and the service's dataset jobs all start from
+:func:`plan_extraction`, so keying and fingerprints exist once (``extract --store
+http://...`` scans here and uploads; the service's job then plans the same way).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ import pyarrow as pa
 from embrm.errors import EmbrmError
 from embrm.extractor.datasets import DatasetSpec, dataset_kind, iter_rows
 from embrm.store import DatasetHasher, item_key
-from embrm.store.keys import short
 
 if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
-    from embrm.store.store import Store
+    from embrm.store.lance_store import LanceStore
 
 KEY_CHUNK = 65536
 
@@ -80,6 +80,18 @@ def scan_dataset(spec: DatasetSpec) -> DatasetScan:
     return scan_rows(lambda: iter_rows(spec, stats), spec.name, spec.display(), kind, stats)
 
 
+def stored_scan(store: LanceStore, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> DatasetScan:
+    """The scan of a dataset whose rows table is in the store already (an upload to the
+    service): keys from the table, no source file to read again."""
+    keys = store.rows.keys(dataset_hash)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for b in store.rows.iter(dataset_hash):
+            yield from b.to_pylist()
+
+    return DatasetScan(name, source, kind, dataset_hash, len(keys), 0, keys, rows)
+
+
 @dataclass
 class ExtractionPlan:
     """A dataset scan against one model fingerprint: what is missing from the store."""
@@ -94,19 +106,16 @@ class ExtractionPlan:
     def n_missing(self) -> int:
         return len(self.missing)
 
-    def register(self, store: Store) -> None:
+    def register(self, store: LanceStore) -> None:
         """Write the dataset's rows table (idempotent) and open the catalog entry."""
         d = self.data
-        store.write_dataset_rows(d.dataset_hash, d.rows(), d.n_rows)
+        store.rows.write(d.dataset_hash, d.rows(), d.n_rows, d.kind)
         store.begin_entry(self.model_hash, self.model_name, self.model_config, d.dataset_hash, d.name,
                           d.source, d.kind, d.n_rows)
 
-    def describe(self) -> str:
-        return (f"{self.model_name} [{short(self.model_hash)}] x {self.data.name} [{short(self.data.dataset_hash)}]: "
-                f"{self.data.n_rows} rows, {self.n_missing} distinct items to compute")
 
-
-def plan_extraction(data: DatasetScan, embedder: Embedder, store: Store) -> ExtractionPlan:
-    """The plan of ``data`` under ``embedder``'s fingerprint. Loads no weights."""
+def plan_extraction(data: DatasetScan, embedder: Embedder, store: LanceStore) -> ExtractionPlan:
+    """The plan of ``data`` under ``embedder``'s fingerprint: the one way every engine
+    (and the service's dataset jobs) starts. Loads no weights."""
     return ExtractionPlan(data, embedder.model_hash, embedder.model_name, embedder.catalog_config(),
-                          store.missing_keys(embedder.model_hash, data.keys))
+                          store.vectors.missing(embedder.model_hash, data.keys))

@@ -1,11 +1,16 @@
-"""``embrm generate``, ``annotate``, ``demo`` and ``reproduce``."""
+"""``embrm generate``, ``annotate``, ``demo``, ``reproduce``, ``score`` / ``rerank``
+(reward models on stored entries or on new texts) and ``active select`` (the next pairs
+to label)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from embrm.options import FLOATS, NS, SIZES, ChoiceList, store_option
+from embrm.extractor.cli import dataset_options, dataset_spec
+from embrm.options import FINITE, FLOATS, NS, SIZES, ChoiceList, store_option
 from embrm.rm.rules import RULES as RULE_NAMES
 
 
@@ -115,14 +120,91 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
                            pairs_per_prompt, store_uri) -> None:
     """Mean vs min vs single vs mean-var ensembles across annotation qualities: one figure, one table."""
     from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
     rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed, seeds=seeds,
                          pairs_per_prompt=pairs_per_prompt)
-    rows = reproduce_ensemble(open_any(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
+    rows = reproduce_ensemble(open_store(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
                               log=click.echo)
     click.echo(markdown(rows))
     click.echo(f"wrote {out}/ensemble.png, ensemble.md, ensemble.csv")
+
+
+def _new_texts(kw: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(dataset spec, store, run options) of ``score``/``rerank`` on new texts."""
+    from embrm.errors import EmbrmError
+    from embrm.extractor.config import RunOptions
+    from embrm.store import open_store
+
+    server = kw.pop("server")
+    if server and kw["store_uri"]:
+        raise EmbrmError("--server URL is another way to write --store URL: give one of them")
+    uri = server or kw.pop("store_uri")
+    quiet = kw.pop("quiet")
+    _quiet_hf(quiet)
+    return dataset_spec(kw), open_store(uri, create=True), RunOptions(store=uri, quiet=quiet)
+
+
+NEW_TEXTS = [click.option("--server", default=None, metavar="URL", help="Embed on an `embrm serve` service (its "
+                          "model must be the run's): the same as --store URL."),
+             click.option("--quiet", is_flag=True, help="No progress bars.")]
+
+
+def new_text_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = dataset_options(required=False)(fn)
+    for opt in reversed(NEW_TEXTS):
+        fn = opt(fn)
+    return fn
+
+
+@click.command("score")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset-key", default=None, help="An entry in the store (name, hash or hash prefix)...")
+@new_text_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A Parquet file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
+@store_option
+def score_cmd(run_dir, dataset_key, out, force, **kw) -> None:
+    """Score every row of a stored entry (--dataset-key), or of new texts (--dataset, embedded
+    first as the run needs); write Parquet with the aggregated and member rewards."""
+    from embrm.errors import EmbrmError
+
+    if (dataset_key is None) == (kw["dataset"] is None):
+        raise EmbrmError("give --dataset-key (an entry in the store) or --dataset (new texts), one of them")
+    if dataset_key is not None:
+        from embrm.rm.experiment import score_from_store
+        from embrm.store import open_store
+
+        path = score_from_store(Path(run_dir), open_store(kw["server"] or kw["store_uri"]), dataset_key, Path(out),
+                                force=force)
+    else:
+        from embrm.pipeline.new_texts import score_texts
+
+        data, store, run = _new_texts(kw)
+        path = score_texts(Path(run_dir), data, store, Path(out), run, force)
+    click.echo(f"wrote {path}")
+
+
+@click.command("rerank")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@new_text_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl file of the picks.")
+@click.option("--aggregation", type=click.Choice(["mean", "min", "single", "mean-var", "mean-std"]), default="mean",
+              show_default=True)
+@click.option("--coef", type=FINITE, default=1.0, show_default=True, help="lambda / beta of mean-var and mean-std.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@store_option
+def rerank_cmd(run_dir, out, aggregation, coef, force, **kw) -> None:
+    """Best-of-N: embed a multi-response dataset as the run needs, write each prompt's best
+    response under the run's rewards."""
+    from embrm.errors import EmbrmError
+    from embrm.pipeline.new_texts import rerank_texts
+
+    if kw["dataset"] is None:
+        raise EmbrmError("--dataset is needed: the prompts and their candidate responses")
+    data, store, run = _new_texts(kw)
+    res = rerank_texts(Path(run_dir), data, store, Path(out), run, aggregation, coef, force)
+    click.echo(f"{res['prompts']} prompts, {res['items']} candidates: best of each -> {res['out']}")
 
 
 @reproduce.command("active")
@@ -160,13 +242,13 @@ def reproduce_active_cmd(model_key, dataset_key, out, rules, rounds, per_round, 
                          val_frac, bon, layer, store_uri) -> None:
     """Active reward modeling: selection rules side by side as labels accumulate."""
     from embrm.pipeline.active_study import ActiveStudyConfig, markdown, reproduce_active
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
     cfg = ActiveStudyConfig(rules=rules, rounds=rounds, per_round=per_round, seeds=seeds, pairs=pairs,
                             annotation_quality=annotation_quality, prompts_per_round=prompts_per_round,
                             candidates=candidates, method=method, hidden=hidden, members=members, lr=lr,
                             weight_decay=weight_decay, warm_start=warm_start, ridge=ridge, val_frac=val_frac)
-    result = reproduce_active(open_any(store_uri), model_key, dataset_key, Path(out), cfg,
+    result = reproduce_active(open_store(store_uri), model_key, dataset_key, Path(out), cfg,
                               list(bon) if bon else None, layer, log=click.echo)
     click.echo(markdown(result), nl=False)
     click.echo(f"wrote {out}/active.png, active.md, active.csv, active.json")
@@ -198,9 +280,9 @@ def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, cand
                       store_uri) -> None:
     """Write the next pairs to label, with their texts and an empty `winner` column."""
     from embrm.pipeline.active_select import SelectConfig, select_pairs
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
-    r = select_pairs(open_any(store_uri), SelectConfig(rm=run_dir, model_key=model_key, dataset_key=dataset_key,
+    r = select_pairs(open_store(store_uri), SelectConfig(rm=run_dir, model_key=model_key, dataset_key=dataset_key,
                                                        budget=budget, out=out, rule=rule, pairs=pairs,
                                                        candidates=candidates, exclude=tuple(exclude), seed=seed,
                                                        ridge=ridge))

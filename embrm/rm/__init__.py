@@ -5,8 +5,7 @@ are imported lazily, so that the CLI does not pay for torch until it trains.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from embrm.lazy import lazy_exports
 
 _NAMES = {
     "evaluate_multi": "embrm.rm.evaluate", "evaluate_pairs": "embrm.rm.evaluate", "table": "embrm.rm.evaluate",
@@ -17,11 +16,7 @@ _NAMES = {
     "RewardModel": "embrm.rm.trainer", "TrainConfig": "embrm.rm.trainer", "train": "embrm.rm.trainer",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'embrm.rm' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _NAMES)
 
 
 __all__ = sorted(_NAMES)

@@ -1,11 +1,12 @@
-"""``embrm train``, ``embrm eval`` and ``embrm score`` over :mod:`embrm.rm.experiment`."""
+"""``embrm train`` and ``embrm eval`` over :mod:`embrm.rm.experiment` (``embrm score`` and
+``rerank``, which may embed new texts first, are in :mod:`embrm.pipeline.cli`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from embrm.options import NS, SIZES, store_option
+from embrm.options import FINITE, NS, SIZES, store_option
 
 STORE = store_option
 
@@ -18,16 +19,18 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--model-key", required=True, help="Model name, hash or hash prefix in the store.")
 @click.option("--dataset-key", required=True, help="Dataset name, hash or hash prefix in the store.")
 @click.option("--method", type=click.Choice(["bt", "clf", "linear", "lgbm"]), default="bt", show_default=True)
-@click.option("--ensemble", type=int, default=1, show_default=True, help="Members, trained together.")
-@click.option("--annotation-quality", type=float, default=-1.0, show_default=True,
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Members, trained together.")
+@click.option("--annotation-quality", type=FINITE, default=-1.0, show_default=True,
               help="beta of the simulated annotator; negative means perfect.")
 @click.option("--pairs", type=click.Choice(["within", "cross"]), default="within", show_default=True)
-@click.option("--pairs-per-prompt", type=int, default=5, show_default=True)
+@click.option("--pairs-per-prompt", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--diversity", type=click.Choice(["random", "adjacent", "extreme"]), default="random", show_default=True)
-@click.option("--scale", type=float, default=None, help="s of the annotator (default: reward std).")
+@click.option("--scale", type=FINITE, default=None, help="s of the annotator (default: reward std).")
 @click.option("--bootstrap", is_flag=True, help="Members train on bootstrap resamples.")
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True, help="MLP hidden sizes.")
-@click.option("--epochs", type=int, default=30, show_default=True, help="At most; early stopping on validation.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="At most; early stopping on validation.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Pairs per step (default: adapts to the data, n/16 within 16..1024).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
@@ -38,27 +41,32 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--tune", is_flag=True, help="Choose lr, weight decay and hidden size from a small grid first.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,
               help="Where to train (auto: a GPU where torch sees one).")
-@click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for validation.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Prompts held out for validation.")
 @click.option("--layer", type=int, default=None, help="Stored layer to train on (default: the first).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values for Best-of-N, e.g. 1,2,5,10.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory to write.")
+@click.option("--push", default=None, metavar="NAME",
+              help="Publish the trained run in the store (--store) under NAME: `embrm rm ls` lists it, a service "
+                   "serves it.")
 @STORE
 def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pairs, pairs_per_prompt, diversity,
               scale, bootstrap, hidden, epochs, batch_size, lr, weight_decay, patience, tune, device, val_frac, layer,
-              seed, bon, out, store_uri) -> None:
+              seed, bon, out, push, store_uri) -> None:
     """Train a reward-model ensemble on stored embeddings."""
     from embrm.rm.experiment import DataConfig, table, train_from_store
     from embrm.rm.trainer import TrainConfig
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
     tc = TrainConfig(method=method, ensemble=ensemble, hidden=hidden, lr=lr, weight_decay=weight_decay,
                      batch_size=batch_size, max_epochs=epochs, patience=patience, bootstrap=bootstrap, seed=seed,
                      device=device)
     dc = DataConfig(pairs=pairs, pairs_per_prompt=pairs_per_prompt, diversity=diversity,
                     annotation_quality=annotation_quality, scale=scale, val_frac=val_frac, seed=seed)
-    model, metrics = train_from_store(open_any(store_uri), model_key, dataset_key, tc, dc,
-                                      Path(out) if out else None, layer, ns_list(bon), tune=tune)
+    store = open_store(store_uri)
+    model, metrics = train_from_store(store, model_key, dataset_key, tc, dc,
+                                      Path(out) if out else None, layer, ns_list(bon), tune=tune, push=push)
     if tune:
         c = metrics["tune"]["chosen"]
         click.echo(f"tuned over {len(metrics['tune']['grid'])} settings: lr {c['lr']:g}, weight decay "
@@ -68,34 +76,22 @@ def train_cmd(model_key, dataset_key, method, ensemble, annotation_quality, pair
     click.echo(table(metrics))
     if out:
         click.echo(f"wrote {out}/")
+    if push:
+        click.echo(f"pushed {push} to {store.uri}")
 
 
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset-key", required=True)
 @click.option("--bon", type=NS, default=None, help="N values, e.g. 1,2,5,10 (default: 1..500 capped at K).")
-@click.option("--coef", type=float, default=1.0, show_default=True, help="lambda / beta of mean-var and mean-std.")
+@click.option("--coef", type=FINITE, default=1.0, show_default=True, help="lambda / beta of mean-var and mean-std.")
 @STORE
 def eval_cmd(run_dir, dataset_key, bon, coef, store_uri) -> None:
     """Evaluate a trained run on a dataset in the store; print a table and write files."""
     from embrm.rm.experiment import eval_from_store, table
-    from embrm.store.cli import open_any
+    from embrm.store import open_store
 
-    m = eval_from_store(Path(run_dir), open_any(store_uri), dataset_key, ns_list(bon), coef)
+    m = eval_from_store(Path(run_dir), open_store(store_uri), dataset_key, ns_list(bon), coef)
     click.echo(f"{m['dataset_name']} ({m['split']} prompts):")
     click.echo(table(m))
     click.echo(f"wrote {m['out']}/")
-
-
-@click.command("score")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--dataset-key", required=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-@STORE
-def score_cmd(run_dir, dataset_key, out, store_uri) -> None:
-    """Score every row of a dataset with a trained run; write Parquet."""
-    from embrm.rm.experiment import score_from_store
-    from embrm.store.cli import open_any
-
-    path = score_from_store(Path(run_dir), open_any(store_uri), dataset_key, Path(out))
-    click.echo(f"wrote {path}")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.paths import output_dir, output_file
 from embrm.rm.evaluate import evaluate_multi, evaluate_pairs, table
 from embrm.rm.metrics import AGGREGATIONS, aggregate, expected_calibration_error
 from embrm.rm.pairs import Pairs, build_pairs, split_prompts
@@ -33,6 +34,16 @@ class DataConfig:
     scale: float | None = None  # s in sigmoid(beta (r_i - r_j) / s); default: reward std
     val_frac: float = 0.2
     seed: int = 0
+
+    def validate(self) -> None:
+        import math
+
+        if self.pairs_per_prompt < 1:
+            raise EmbrmError("--pairs-per-prompt must be at least 1")
+        if not math.isfinite(self.annotation_quality):
+            raise EmbrmError("--annotation-quality must be a finite number (negative: a perfect annotator)")
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
+            raise EmbrmError("--scale must be a positive number")
 
 
 @dataclass
@@ -97,8 +108,9 @@ def evaluate_dataset(model: RewardModel, ds: Dataset, prompts: np.ndarray, ns: l
 
 def write_outputs(out: Path, metrics: dict[str, Any], scores: np.ndarray, ds: Dataset, prompts: np.ndarray,
                   title: str) -> None:
-    """metrics.json, the BoN-curve PNG (multi) and a calibration PNG (mean aggregation)."""
-    write_json(out / "metrics.json", metrics)
+    """metrics.json, the BoN-curve PNG (multi) and a calibration PNG (mean aggregation).
+    The reliability diagram's bins go into metrics.json too, so a viewer (the service's
+    page) can draw both curves from that file alone."""
     s = aggregate(scores, "mean")
     if ds.gold is not None:
         bon_curves(metrics, out / "bon.png", title)
@@ -113,16 +125,31 @@ def write_outputs(out: Path, metrics: dict[str, Any], scores: np.ndarray, ds: Da
         p = ds.pairs.subset(ds.pairs.among(prompts, held_out=True))
         ece, conf, acc, cnt = expected_calibration_error(s[p.a], s[p.b], p.y)
     calibration(conf, acc, cnt, ece, out / "calibration.png", title)
+    metrics["calibration"] = {"aggregation": "mean", "ece": ece, "confidence": conf.tolist(), "frequency": acc.tolist(),
+                              "count": cnt.tolist()}
+    write_json(out / "metrics.json", metrics)
 
 
 def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConfig, dc: DataConfig,
                      out: Path | None = None, layer: int | None = None, ns: list[int] | None = None,
-                     tune: bool = False) -> tuple[RewardModel, dict[str, Any]]:
+                     tune: bool = False, push: str | None = None) -> tuple[RewardModel, dict[str, Any]]:
     """Train on a store entry with a prompt-disjoint validation split; write a run directory.
 
     With ``tune``, learning rate, weight decay and hidden size are first chosen from a
-    small grid on the validation split (:mod:`embrm.rm.tune`).
+    small grid on the validation split (:mod:`embrm.rm.tune`). With ``push``, the run is
+    then published in ``store`` under that name (from ``out``, or a temporary directory).
     """
+    import tempfile
+
+    dc.validate()
+    if push is not None:
+        from embrm.store.registry import check_name
+
+        check_name(push)  # a bad name fails now, not after training
+    if out is not None:
+        output_dir(out, "the run")  # before minutes of training, not after
+    elif push is not None:
+        out = Path(tempfile.mkdtemp(prefix="embrm-run-"))
     emb = store.load(model_key, dataset_key, layer=layer)
     ds = from_embeddings(emb)
     train_p, val_p = split_prompts(ds.n_prompts, dc.val_frac, dc.seed)
@@ -144,10 +171,13 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
         e = emb.entry
         save_run(out, model, {
             "store": store.uri, "model_hash": e.model_hash, "model_name": e.model_name,
+            "embedding": e.model_config,  # how to embed new texts the same way (score --dataset)
             "dataset_hash": e.dataset_hash, "dataset_name": e.dataset_name, "layer": emb.layer,
             "data": asdict(dc), "val_prompts": val_p.tolist(),
         })
         write_outputs(out, metrics, scores, ds, val_p, f"{tc.method} x{tc.ensemble}, beta={dc.annotation_quality}")
+        if push is not None:
+            metrics["pushed"] = store.push_run(push, out)
     return model, metrics
 
 
@@ -156,6 +186,8 @@ def eval_from_store(run_dir: Path, store: Any, dataset_key: str, ns: list[int] |
     """Evaluate a run on a dataset of the same model. On its own training dataset only the
     held-out prompts are used, so nothing it trained on is scored."""
     model, cfg = load_run(run_dir)
+    if write:
+        output_dir(run_dir, "the evaluation")
     emb = store.load(cfg["model_hash"], dataset_key, layer=cfg.get("layer"))
     ds = from_embeddings(emb)
     if emb.entry.dataset_hash == cfg["dataset_hash"]:
@@ -173,19 +205,23 @@ def eval_from_store(run_dir: Path, store: Any, dataset_key: str, ns: list[int] |
     return metrics
 
 
-def score_from_store(run_dir: Path, store: Any, dataset_key: str, out: Path, batch_size: int = 16384) -> Path:
-    """Write every row's member scores and aggregations to Parquet, streaming the entry:
-    memory is bounded by ``batch_size`` rows, never by the entry's size."""
+def score_from_store(run_dir: Path, store: Any, dataset_key: str, out: Path, batch_size: int = 16384,
+                     force: bool = False, texts: bool = False) -> Path:
+    """Write every row's member scores and aggregations (and with ``texts`` its prompt and
+    response) to Parquet, streaming the entry: memory is bounded by ``batch_size`` rows,
+    never by the entry's size."""
     import pyarrow as pa
 
     from embrm.store.export import write_parquet
 
+    output_file(out, force, "the scores")
     model, cfg = load_run(run_dir)
     e = store.resolve(cfg["model_hash"], dataset_key)
 
     def tables() -> Any:
+        cols = ["item_key", "prompt_id", "response_index", "role"] + (["prompt", "response"] if texts else [])
         for b in store.iter_entry(e.model_hash, e.dataset_hash, layer=cfg.get("layer"), batch_size=batch_size,
-                                  columns=["item_key", "prompt_id", "response_index", "role"]):
+                                  columns=cols):
             scores = model.score(b.vectors)
             t = pa.Table.from_batches([b.rows]).drop_columns(["position"])
             for how in AGGREGATIONS:

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from embrm import __version__
+from embrm import __version__, runformat
 from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
 
-RUN_FORMAT = 1
-WEIGHTS = "weights.safetensors"
+RUN_FORMAT = 1  # what this trainer writes and loads; runformat.READS is what a store or service accepts
+WEIGHTS = runformat.WEIGHTS
 
 
 def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
@@ -36,24 +36,18 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
         assert model.boosters is not None
         for i, b in enumerate(model.boosters):
             (out / f"lgbm_{i}.txt").write_text(b.model_to_string())
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / runformat.CONFIG).write_text(json.dumps(cfg, indent=2))
     return out
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise EmbrmError(f"{run_dir} is not an embrm run directory (no config.json); pass the --out of `embrm train`")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise EmbrmError(f"{path} is not valid JSON; the run directory is damaged") from None
-    fmt = cfg.get("run_format")
-    if fmt != RUN_FORMAT:
-        raise EmbrmError(
-            f"{run_dir} was written by embrm {cfg.get('embrm_version', '?')} in run format {fmt}; "
-            f"this embrm ({__version__}) reads format {RUN_FORMAT}: retrain, or use a matching embrm"
-        )
+    """A run's ``config.json``, checked by :func:`embrm.runformat.read_config` (the check the
+    store and the service make), and of a format this trainer loads."""
+    cfg = runformat.read_config(run_dir)
+    fmt = cfg["run_format"]
+    if fmt > RUN_FORMAT:
+        raise EmbrmError(f"{run_dir} was written by embrm {cfg.get('embrm_version', '?')} in run format {fmt}; "
+                         f"this embrm ({__version__}) loads run format {RUN_FORMAT}: retrain, or use a matching embrm")
     return cfg
 
 

@@ -1,7 +1,7 @@
-"""``embrm serve``: a team's shared embedding cache over HTTP, and its torch-free client.
+"""``embrm serve``: a team's shared embedding cache over HTTP.
 
-The service holds one :class:`~embrm.extractor.embedder.Embedder` and one
-:class:`~embrm.store.store.Store` and adds only HTTP, the batching of concurrent
-requests, dataset jobs, auth and limits. :mod:`embrm.serve.client` reads a store
-through it without torch or transformers.
+The service holds one :class:`~embrm.extractor.embedder.Embedder` and one writable
+store and adds only HTTP, the batching of concurrent requests, dataset jobs, auth and
+limits. Its client is the store's third backend, :class:`~embrm.store.service.ServiceStore`
+(``--store http://...``), which needs neither torch nor transformers.
 """

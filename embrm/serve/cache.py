@@ -5,7 +5,7 @@ Three places hold vectors, asked in this order:
 1. the **buffer**: vectors computed for online requests and not committed yet;
 2. a **hot cache**: recently served or computed vectors, least recently used out,
    bounded in bytes;
-3. the **store**, by point reads (:meth:`~embrm.store.store.Store.get_vectors`), the
+3. the **store**, by point reads (:meth:`~embrm.store.vector_tables.VectorTables.point_read`), the
    same table ``embrm extract`` writes: an item computed here is cached for it, and the
    other way round.
 
@@ -17,31 +17,36 @@ computed again; the store never sees half a commit.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embrm.serve.worker import ItemVectors
+from embrm.store.served import record_served
 from embrm.store.vectors import build_vector_table
 
 if TYPE_CHECKING:
     from embrm.serve.metrics import Metrics
-    from embrm.store.store import Store
+    from embrm.serve.settings import Settings
+    from embrm.store.lance_store import LanceStore
 
 log = logging.getLogger("embrm.serve")
 
 
 class ServiceCache:
-    def __init__(self, store: Store, model_hash: str, model_name: str, model_config: dict[str, Any],
-                 metrics: Metrics, commit_items: int = 1024, commit_seconds: float = 2.0,
-                 hot_bytes: int = 256 << 20):
+    def __init__(self, store: LanceStore, model_hash: str, model_name: str, model_config: dict[str, Any],
+                 metrics: Metrics, settings: Settings, clip: Callable[[str, str], tuple[str, str]]):
         self.store, self.model_hash, self.model_name, self.model_config = store, model_hash, model_name, model_config
+        self.clip = clip  # the served table keeps what was embedded, not a 30 MB input
         self.metrics = metrics
-        self.commit_items, self.commit_seconds, self.hot_bytes = commit_items, commit_seconds, hot_bytes
+        self.commit_items, self.commit_seconds = settings.commit_items, settings.commit_seconds
+        self.hot_bytes = settings.hot_bytes
         self._lock = threading.Lock()
         self._buffer: dict[str, tuple[str, str, ItemVectors]] = {}
         self._hot: OrderedDict[str, ItemVectors] = OrderedDict()
@@ -73,8 +78,8 @@ class ServiceCache:
                 found[k] = hit
             else:
                 rest.append(k)
-        if rest and self.store.vector_info(self.model_hash) is not None:
-            got = self.store.get_vectors(self.model_hash, rest)
+        if rest and self.store.vectors.info(self.model_hash) is not None:
+            got = self.store.vectors.point_read(self.model_hash, rest)
             for i in np.nonzero(got.found)[0].tolist():
                 iv = ItemVectors({layer: v[i] for layer, v in got.vectors.items()}, int(got.n_tokens[i]),
                                  bool(got.truncated[i]))
@@ -118,25 +123,36 @@ class ServiceCache:
     def flush(self) -> int:
         """Commit the buffer now; returns the items written."""
         with self._flush_lock:
-            with self._lock:
-                items = dict(self._buffer)
-            if not items:
-                return 0
-            keys = list(items)
-            ivs = [items[k][2] for k in keys]
-            layers = list(ivs[0].vectors)
-            data = build_vector_table(keys, {layer: np.stack([iv.vectors[layer] for iv in ivs]) for layer in layers},
-                                      np.array([iv.n_tokens for iv in ivs]), np.array([iv.truncated for iv in ivs]),
-                                      expect=self.store.vector_info(self.model_hash))
-            self.store.commit_vectors(self.model_hash, data)
-            self.store.record_served(self.model_hash, self.model_name, self.model_config, keys,
-                                     [items[k][0] for k in keys], [items[k][1] for k in keys])
-            with self._lock:
-                for k in keys:
-                    if self._buffer.get(k) is items[k]:
-                        del self._buffer[k]
-            self.metrics.committed.inc(len(keys))
-            return len(keys)
+            return self._flush()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Flush, then hold the committer off (``gc`` runs in here)."""
+        with self._flush_lock:
+            self._flush()
+            yield
+
+    def _flush(self) -> int:
+        with self._lock:
+            items = dict(self._buffer)
+        if not items:
+            return 0
+        keys = list(items)
+        ivs = [items[k][2] for k in keys]
+        layers = list(ivs[0].vectors)
+        data = build_vector_table(keys, {layer: np.stack([iv.vectors[layer] for iv in ivs]) for layer in layers},
+                                  np.array([iv.n_tokens for iv in ivs]), np.array([iv.truncated for iv in ivs]),
+                                  expect=self.store.vectors.info(self.model_hash))
+        self.store.writer.commit(self.model_hash, data)
+        texts = [self.clip(items[k][0], items[k][1]) for k in keys]
+        record_served(self.store, self.model_hash, self.model_name, self.model_config, keys,
+                      [p for p, _ in texts], [r for _, r in texts])
+        with self._lock:
+            for k in keys:
+                if self._buffer.get(k) is items[k]:
+                    del self._buffer[k]
+        self.metrics.committed.inc(len(keys))
+        return len(keys)
 
     # ----------------------------------------------------------- committer
     def start(self) -> None:

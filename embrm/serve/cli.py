@@ -1,4 +1,5 @@
-"""``embrm serve``: the shared embedding cache over HTTP."""
+"""``embrm serve``: the shared embedding cache over HTTP. Defaults come from
+:class:`~embrm.serve.settings.Settings`."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,32 +7,42 @@ from typing import Any
 import click
 
 from embrm.extractor.cli import model_options
-from embrm.options import store_option
+from embrm.options import NAMED_RUN, store_option
+from embrm.serve.settings import DEFAULTS as D
 
 
 @click.command("serve")
 @model_options
 @store_option
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=D.host, show_default=True,
               help="Address to listen on; anything but loopback needs tokens.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=D.port, show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="Lines of name:token; with $EMBRM_TOKEN, the bearer tokens that may call the service.")
-@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=32 << 20, show_default=True)
-@click.option("--max-upload-bytes", type=click.IntRange(min=1024), default=1 << 30, show_default=True,
-              help="Largest dataset upload (PUT /v1/datasets).")
-@click.option("--max-items", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=D.max_body_bytes, show_default=True)
+@click.option("--max-upload-bytes", type=click.IntRange(min=1024), default=D.max_upload_bytes, show_default=True,
+              help="Largest dataset upload (PUT /v1/datasets) or reward-model push.")
+@click.option("--max-items", type=click.IntRange(min=1), default=D.max_items, show_default=True,
               help="Items per request.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=65536, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=D.max_queue, show_default=True,
               help="Items waiting for the model before requests get 429.")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=D.max_wait_ms, show_default=True,
               help="How long the model thread waits for concurrent requests to batch together.")
-@click.option("--commit-items", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--commit-seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True)
-@click.option("--window", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--commit-items", type=click.IntRange(min=1), default=D.commit_items, show_default=True)
+@click.option("--commit-seconds", type=click.FloatRange(min=0.01), default=D.commit_seconds, show_default=True)
+@click.option("--window", type=click.IntRange(min=1), default=D.window, show_default=True,
               help="Rows per commit of a dataset job.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=D.header_timeout, show_default=True,
+              help="Seconds a request's headers may take before its connection is closed.")
+@click.option("--body-idle-timeout", type=click.FloatRange(min=0.1), default=D.body_idle_timeout, show_default=True,
+              help="Seconds a request body may pause between pieces (408 beyond).")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=D.body_timeout, show_default=True,
+              help="Seconds a whole request body may take (408 beyond).")
+@click.option("--rm", "rms", type=NAMED_RUN, multiple=True, metavar="[NAME=]RUN_DIR",
+              help="A trained run to serve as a reward model (repeatable); NAME defaults to the directory's name. "
+                   "Runs published in the store are served too.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-              default="warning", show_default=True)
+              default=D.log_level, show_default=True)
 def serve_cmd(**kw: Any) -> None:
     """Serve embeddings from the store, computing misses with the model (OpenAI-compatible)."""
     import importlib.util
@@ -46,31 +57,38 @@ def serve_cmd(**kw: Any) -> None:
         raise EmbrmError(f"embrm serve needs {', '.join(missing)}: `pip install 'embrm[serve]'`")
     from embrm.extractor.cli import embedding_spec
     from embrm.options import quiet_third_party
-    from embrm.serve.app import Limits
     from embrm.serve.auth import check_bind, load_tokens
-    from embrm.serve.runtime import Tuning, build
+    from embrm.serve.runtime import build
 
-    tokens = load_tokens(kw["token_file"])
+    tokens = load_tokens(kw.pop("token_file"))
     check_bind(kw["host"], tokens)
     quiet_third_party()
     spec = embedding_spec(kw)
-    limits = Limits(kw["max_body_bytes"], kw["max_upload_bytes"], kw["max_items"], kw["max_queue"])
-    tuning = Tuning(kw["max_wait_ms"], kw["commit_items"], kw["commit_seconds"], kw["window"])
-    app, svc = build(spec, kw["store_uri"], kw["device"], kw["batch_tokens"], tokens, limits, tuning)
-    family = socket.AF_INET6 if ":" in kw["host"] else socket.AF_INET
+    device, batch_tokens, store_uri = kw.pop("device"), kw.pop("batch_tokens"), kw.pop("store_uri")
+    named = kw.pop("rms")
+    rms = dict(named)
+    if len(rms) != len(named):
+        raise EmbrmError("two --rm runs have the same name; write NAME=RUN_DIR to tell them apart")
+    settings = D.with_(**kw)
+    app, svc = build(spec, store_uri, device, batch_tokens, tokens, settings, rms)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((kw["host"], kw["port"]))
+        sock.bind((settings.host, settings.port))
         sock.listen(2048)  # connections queue from now on, before the line below tells anyone the URL
     except OSError as e:
-        raise EmbrmError(f"cannot listen on {kw['host']}:{kw['port']} ({e.strerror}); pick another --port") from None
+        raise EmbrmError(f"cannot listen on {settings.host}:{settings.port} ({e.strerror}); pick another --port") \
+            from None
     host, port = sock.getsockname()[:2]
-    logging.basicConfig(level=kw["log_level"].upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     click.echo(f"embrm serve: http://{host}:{port}  model {svc.model_name} [{svc.model_hash[:12]}]  "
                f"store {svc.store.uri}  auth {'on' if tokens else 'off'}")
     sys.stdout.flush()
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=kw["log_level"], lifespan="on", access_log=False)
+    from embrm.serve.guard import protocol
+
+    config = uvicorn.Config(app, log_level=settings.log_level, lifespan="on", access_log=False,
+                            http=protocol(settings.header_timeout))
     uvicorn.Server(config).run(sockets=[sock])

@@ -1,16 +1,19 @@
 """Dataset jobs: ``POST /v1/entries`` extracts an uploaded dataset in the background.
 
-A job is the same plan and loop as ``embrm extract`` (:mod:`embrm.extractor.plan`,
-:func:`~embrm.extractor.engines.local.run_local`): windows of the rows table, missing
-items embedded, one commit per window, resumable by asking again. Its only difference
-is the ``embed`` callable: items go through the service's model thread at job priority,
-so they share the model, single flight and batching with online requests, which go first.
+A job is the same plan and loop as ``embrm extract`` (:func:`~embrm.extractor.plan.plan_extraction`
+over the stored rows, :func:`~embrm.extractor.engines.local.run_local`): windows of the
+rows table, missing items embedded, one commit per window, resumable by asking again.
+Its only difference is the ``embed`` callable: items go through the service's model
+thread at job priority, so they share the model, single flight and batching with online
+requests, which go first.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -19,7 +22,7 @@ import numpy as np
 
 from embrm.errors import EmbrmError
 from embrm.extractor.embedder import Embedded
-from embrm.extractor.plan import DatasetScan, ExtractionPlan
+from embrm.extractor.plan import ExtractionPlan, plan_extraction, stored_scan
 from embrm.serve.worker import JOB
 from embrm.store import item_key
 from embrm.store import schema as S
@@ -28,15 +31,16 @@ if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
     from embrm.serve.cache import ServiceCache
     from embrm.serve.metrics import Metrics
+    from embrm.serve.settings import Settings
     from embrm.serve.worker import ModelWorker
-    from embrm.store.store import Store
+    from embrm.store.lance_store import LanceStore
 
 log = logging.getLogger("embrm.serve")
 
 
 @dataclass
 class Job:
-    """A dataset job's state, as ``GET /v1/entries/{model}/{dataset}`` reports it."""
+    """A dataset job's state, as ``GET /v1/entries/{model}/{dataset}`` and ``GET /v1/jobs`` report it."""
 
     model_hash: str
     dataset_hash: str
@@ -56,8 +60,9 @@ class Job:
     def update(self, n: int) -> None:  # the loop's progress bar
         self.done_rows += n
 
-    def set_postfix(self, **_: Any) -> None:
-        pass
+    def set_postfix(self, cached: int | None = None, **_: Any) -> None:
+        if cached is not None:  # live, for GET /v1/jobs; the final counts replace it
+            self.cached = cached
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -68,10 +73,10 @@ class Job:
 class Jobs:
     """Runs and remembers the dataset jobs of one service process."""
 
-    def __init__(self, store: Store, embedder: Embedder, worker: ModelWorker, cache: ServiceCache,
-                 metrics: Metrics, window: int = 1024):
+    def __init__(self, store: LanceStore, embedder: Embedder, worker: ModelWorker, cache: ServiceCache,
+                 metrics: Metrics, settings: Settings):
         self.store, self.embedder, self.worker, self.cache, self.metrics = store, embedder, worker, cache, metrics
-        self.window = window
+        self.window = settings.window
         self._jobs: dict[str, Job] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -81,22 +86,40 @@ class Jobs:
         with self._lock:
             return self._jobs.get(S.entry_id(model_hash, dataset_hash))
 
+    def list(self) -> list[Job]:
+        """Every job this process ran or runs: running ones first, then the newest."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        jobs.sort(key=lambda j: j.started_at, reverse=True)
+        return sorted(jobs, key=lambda j: j.status != "running")
+
+    def running(self, model_hash: str | None = None, dataset_hash: str | None = None) -> bool:
+        """Whether any job (or that entry's job) is running."""
+        with self._lock:
+            return any(j.status == "running" and (model_hash is None or (j.model_hash, j.dataset_hash) ==
+                                                  (model_hash, dataset_hash)) for j in self._jobs.values())
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[list[Job]]:
+        """No job starts meanwhile; yields the jobs running now (``gc`` runs in here when
+        there are none)."""
+        with self._lock:
+            yield [j for j in self._jobs.values() if j.status == "running"]
+
     def start(self, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> Job:
         """Start (or return the running) job of a dataset whose rows are in the store."""
         if kind not in S.KINDS:
             raise EmbrmError(f"kind {kind!r} is unknown; use one of {', '.join(S.KINDS)}")
-        if not self.store.has_dataset(dataset_hash):
+        if not self.store.rows.has(dataset_hash):
             raise EmbrmError(f"dataset {dataset_hash[:12]} has no rows here; upload it with PUT /v1/datasets first")
         eid = S.entry_id(self.embedder.model_hash, dataset_hash)
         with self._lock:
             job = self._jobs.get(eid)
             if job is not None and job.status == "running":
                 return job
-            keys = self.store.dataset_rows(dataset_hash, ["item_key"]).column("item_key")
-            job = Job(self.embedder.model_hash, dataset_hash, name, len(keys))
-            scan = DatasetScan(name, source, kind, dataset_hash, len(keys), 0, keys, lambda: iter(()))
-            plan = ExtractionPlan(scan, self.embedder.model_hash, self.embedder.model_name,
-                                  self.embedder.catalog_config(), self.store.missing_keys(job.model_hash, keys))
+            scan = stored_scan(self.store, dataset_hash, name, kind, source)
+            job = Job(self.embedder.model_hash, dataset_hash, name, scan.n_rows)
+            plan = plan_extraction(scan, self.embedder, self.store)
             plan.register(self.store)  # the entry exists (partial) before this call returns
             self._jobs[eid] = job
             t = threading.Thread(target=self._run, args=(job, plan), name=f"embrm-job-{dataset_hash[:8]}",
@@ -124,9 +147,16 @@ class Jobs:
             self.metrics.job_total.labels(eid[:40]).set(job.rows)
 
             def window_done(n: int) -> None:
+                job.computed, job.seconds = job.computed + n, time.perf_counter() - t0
                 self.metrics.job_rows.labels(eid[:40]).set(job.done_rows)
 
-            counts = run_local(plan, self.store, self._embed, self.window, on_window=window_done, progress=job,
+            def embed(prompts: list[str], responses: list[str]) -> Embedded:
+                t = time.perf_counter()  # tokens/s while the job runs (the loop's counts come at its end)
+                out = self._embed(prompts, responses)
+                job.tokens, job.compute_seconds = job.tokens + out.tokens, job.compute_seconds + time.perf_counter() - t
+                return out
+
+            counts = run_local(plan, self.store, embed, self.window, on_window=window_done, progress=job,
                                should_stop=self._stop.is_set)
             job.computed, job.cached, job.duplicates = counts.computed, counts.cached, counts.duplicates
             job.tokens, job.compute_seconds = counts.tokens, counts.compute_seconds

@@ -1,6 +1,8 @@
 """Prometheus metrics of one service process (``GET /metrics``)."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -24,3 +26,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The numbers of ``/metrics`` as JSON (``GET /v1/stats``, the page's service
+        panel): read from the same registry, so the two never disagree."""
+        samples = [(s.name, s.labels, s.value) for fam in self.registry.collect() for s in fam.samples]
+
+        def total(name: str) -> float:
+            return sum(v for n, _, v in samples if n == name)
+
+        calls, seconds = total("embrm_batch_items_count"), total("embrm_forward_seconds_total")
+        return {"hits": total("embrm_cache_hits_total"), "misses": total("embrm_cache_misses_total"),
+                "forward_calls": calls,
+                "items_per_call": total("embrm_batch_items_sum") / calls if calls else None,
+                "queue": {labels["priority"]: v for n, labels, v in samples if n == "embrm_queue_items"},
+                "tokens": total("embrm_tokens_total"), "forward_seconds": seconds,
+                "tokens_per_second": total("embrm_tokens_total") / seconds if seconds else None,
+                "committed": total("embrm_committed_items_total"), "requests": total("embrm_requests_total")}

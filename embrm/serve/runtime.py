@@ -10,45 +10,39 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from embrm.extractor.embedder import Embedder, EmbeddingSpec
-from embrm.serve.app import Limits, Service, create_app, wrap
+from embrm.serve.app import create_app, wrap
 from embrm.serve.cache import ServiceCache
 from embrm.serve.jobs import Jobs
 from embrm.serve.metrics import Metrics
+from embrm.serve.rewards import RewardModels
+from embrm.serve.service import Service
+from embrm.serve.settings import DEFAULTS, Settings
 from embrm.serve.worker import ModelWorker
 
 log = logging.getLogger("embrm.serve")
 
 
-@dataclass(frozen=True)
-class Tuning:
-    """How the service batches and commits; none of it changes a vector."""
-
-    max_wait_ms: float = 5.0
-    commit_items: int = 1024
-    commit_seconds: float = 2.0
-    window: int = 1024
-    hot_bytes: int = 256 << 20
-
-
 def build(spec: EmbeddingSpec, store_uri: str | None, device: str = "auto", batch_tokens: int | None = None,
-          tokens: dict[str, str] | None = None, limits: Limits | None = None, tuning: Tuning | None = None
-          ) -> tuple[Any, Service]:
-    """The ASGI app and its service, model loaded, threads not started (the app's lifespan does)."""
-    from embrm.store.store import open_store
+          tokens: dict[str, str] | None = None, settings: Settings = DEFAULTS,
+          rms: dict[str, Path] | None = None) -> tuple[Any, Service]:
+    """The ASGI app and its service, model loaded, threads not started (the app's lifespan
+    does). ``rms`` names run directories to serve as reward models; one trained on other
+    embeddings is refused here, before any port opens."""
+    from embrm.store.backends import open_store
 
-    tuning = tuning or Tuning()
-    store = open_store(store_uri, create=True)
+    store = open_store(store_uri, create=True).writable("embrm serve")
     embedder = Embedder(spec, device, batch_tokens).load()
     metrics = Metrics()
     cache = ServiceCache(store, embedder.model_hash, embedder.model_name, embedder.catalog_config(), metrics,
-                         tuning.commit_items, tuning.commit_seconds, tuning.hot_bytes)
-    worker = ModelWorker(embedder, metrics, tuning.max_wait_ms, on_computed=cache.computed)
-    jobs = Jobs(store, embedder, worker, cache, metrics, tuning.window)
-    svc = Service(embedder, store, worker, cache, jobs, metrics, dict(tokens or {}), limits or Limits())
+                         settings, embedder.clip)
+    worker = ModelWorker(embedder, metrics, settings, on_computed=cache.computed)
+    jobs = Jobs(store, embedder, worker, cache, metrics, settings)
+    rewards = RewardModels(store, embedder.model_hash, embedder.spec.layers, embedder.dim, rms)
+    svc = Service(embedder, store, worker, cache, jobs, metrics, dict(tokens or {}), settings, rewards)
     app = create_app(svc)
 
     @contextlib.asynccontextmanager
@@ -69,4 +63,5 @@ def shutdown(svc: Service) -> None:
     svc.jobs.stop()
     svc.worker.stop()
     n = svc.cache.stop()
+    svc.rms.close()
     log.info("flushed %d computed vectors to the store", n)

@@ -8,8 +8,9 @@ batches, pooling). Single flight: an item already queued or running is never que
 again; every caller asking for it waits on the same future.
 
 Dataset jobs go in as whole windows; the thread splits a window into the Embedder's
-token-budget batches and runs one batch at a time, looking at the online queue between
-batches, so an interactive caller waits at most one forward batch behind a big job.
+forward batches (:meth:`~embrm.extractor.embedder.Embedder.batches`) and runs one at a
+time, looking at the online queue between batches, so an interactive caller waits at
+most one forward batch behind a big job.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
     from embrm.serve.metrics import Metrics
+    from embrm.serve.settings import Settings
 
 ONLINE, JOB = 0, 1
 
@@ -54,11 +56,10 @@ Computed = Callable[[list[str], list[str], list[str], list[ItemVectors], bool], 
 class ModelWorker:
     """Owns the Embedder in one thread; see the module docstring."""
 
-    def __init__(self, embedder: Embedder, metrics: Metrics, max_wait_ms: float = 5.0,
-                 max_items: int = 1024, on_computed: Computed | None = None):
+    def __init__(self, embedder: Embedder, metrics: Metrics, settings: Settings, on_computed: Computed | None = None):
         self.embedder, self.metrics = embedder, metrics
-        self.max_wait = max_wait_ms / 1000
-        self.max_items = max_items
+        self.max_wait = settings.max_wait_ms / 1000
+        self.max_items = settings.max_batch_items
         self.on_computed = on_computed  # (keys, prompts, responses, results, online), before futures resolve
         self._cv = threading.Condition()
         self._online: deque[_Work] = deque()
@@ -90,10 +91,6 @@ class ModelWorker:
     def queued(self) -> int:
         with self._cv:
             return len(self._online) + sum(len(b) for b in (*self._job_windows, *self._job_batches))
-
-    def inflight(self, key: str) -> Future | None:
-        with self._cv:
-            return self._inflight.get(key)
 
     def submit(self, items: list[tuple[str, str, str]], priority: int = ONLINE,
                known: Callable[[str], ItemVectors | None] | None = None) -> list[Future]:
@@ -158,15 +155,12 @@ class ModelWorker:
         return self._split(window), False
 
     def _split(self, window: list[_Work]) -> list[_Work]:
-        """Cut a job window into the Embedder's token-budget batches (outside the lock);
+        """Cut a job window into the Embedder's forward batches (outside the lock);
         return the first and queue the rest."""
-        from embrm.extractor.batching import token_budget_batches
-
         encs = self.embedder.encode([w.prompt for w in window], [w.response for w in window])
         for w, e in zip(window, encs):
             w.enc = e
-        lengths = [len(e.ids) for e in encs]
-        groups = [[window[i] for i in b] for b in token_budget_batches(lengths, self.embedder.batch_tokens)]
+        groups = [[window[i] for i in b] for b in self.embedder.batches(encs)]
         with self._cv:
             self._job_batches.extendleft(reversed(groups[1:]))
             self._publish_depth()
@@ -180,8 +174,8 @@ class ModelWorker:
             batch, online = taken
             try:
                 t = time.perf_counter()
-                if all(w.enc is not None for w in batch):
-                    out = self.embedder.embed_encoded([w.enc for w in batch])
+                if all(w.enc is not None for w in batch):  # one of a job window's batches, planned already
+                    out = self.embedder.embed_encoded([w.enc for w in batch], [list(range(len(batch)))])
                 else:
                     out = self.embedder.embed([w.prompt for w in batch], [w.response for w in batch])
                 self.metrics.forward_seconds.inc(time.perf_counter() - t)

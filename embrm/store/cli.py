@@ -2,22 +2,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import click
 
 from embrm.options import store_option
-
-
-def open_any(uri: str | None) -> Any:
-    """The store at ``uri``: a local or object store, or a service (``http(s)://``)."""
-    if uri and uri.startswith(("http://", "https://")):
-        from embrm.serve.client import RemoteStore
-
-        return RemoteStore(uri)
-    from embrm.store.store import open_store
-
-    return open_store(uri)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -35,17 +23,20 @@ def store() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 def store_ls(store_uri: str | None, as_json: bool) -> None:
     """List every (model, dataset) entry."""
+    from embrm.printable import printable
+    from embrm.store import open_store
     from embrm.store.keys import short
 
-    entries = open_any(store_uri).entries()
+    entries = open_store(store_uri).entries()
     if as_json:
         click.echo(json.dumps([e.summary() for e in entries], indent=2))
         return
     if not entries:
         click.echo("(empty store)")
         return
-    rows = [[f"{e.model_name} [{short(e.model_hash)}]", f"{e.dataset_name} [{short(e.dataset_hash)}]",
-             e.kind, str(e.rows), str(e.dim), e.dtype, e.status] for e in entries]
+    rows = [[f"{printable(e.model_name, 80)} [{short(e.model_hash)}]",
+             f"{printable(e.dataset_name, 80)} [{short(e.dataset_hash)}]", e.kind, str(e.rows), str(e.dim), e.dtype,
+             e.status] for e in entries]
     click.echo(_table(rows, ["MODEL", "DATASET", "KIND", "ROWS", "DIM", "DTYPE", "STATUS"]))
 
 
@@ -55,7 +46,9 @@ def store_ls(store_uri: str | None, as_json: bool) -> None:
 @store_option
 def store_show(model: str, dataset: str, store_uri: str | None) -> None:
     """Show one entry: keys, configuration, counts."""
-    e = open_any(store_uri).resolve(model, dataset)
+    from embrm.store import open_store
+
+    e = open_store(store_uri).resolve(model, dataset)
     d = e.summary()
     d["model_config"] = e.model_config
     click.echo(json.dumps(d, indent=2))
@@ -67,12 +60,14 @@ def store_show(model: str, dataset: str, store_uri: str | None) -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .npy or .parquet file.")
 @click.option("--layer", type=int, default=None, help="Layer to export (default: the first stored).")
 @click.option("--no-text", is_flag=True, help="Parquet without the prompt and response texts.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
 @store_option
-def store_export(model: str, dataset: str, out: str, layer: int | None, no_text: bool, store_uri: str | None) -> None:
+def store_export(model: str, dataset: str, out: str, layer: int | None, no_text: bool, force: bool,
+                 store_uri: str | None) -> None:
     """Export an entry's vectors (.npy) or rows, texts and vectors (.parquet)."""
-    from embrm.store.export import export
+    from embrm.store import export, open_store
 
-    path = export(open_any(store_uri), model, dataset, out, layer=layer, texts=not no_text)
+    path = export(open_store(store_uri), model, dataset, out, layer=layer, texts=not no_text, force=force)
     click.echo(f"wrote {path}")
 
 
@@ -82,7 +77,7 @@ def store_export(model: str, dataset: str, out: str, layer: int | None, no_text:
 @store_option
 def store_rm(model: str, dataset: str, store_uri: str | None) -> None:
     """Remove an entry from the catalog (`gc` then frees its unshared vectors)."""
-    from embrm.store.store import open_store
+    from embrm.store import open_store
 
     e = open_store(store_uri).delete(model, dataset)
     click.echo(f"removed {e.model_name} x {e.dataset_name}")
@@ -92,7 +87,62 @@ def store_rm(model: str, dataset: str, store_uri: str | None) -> None:
 @store_option
 def store_gc(store_uri: str | None) -> None:
     """Drop unreferenced tables and vectors, compact, remove old versions and stale caches."""
-    from embrm.store.store import open_store
+    from embrm.store import open_store
 
     res = open_store(store_uri).gc()
     click.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in res.items()))
+
+
+@click.group("rm")
+def rm_group() -> None:
+    """Publish, list and fetch trained reward models in the store (local, s3:// or a service)."""
+
+
+@rm_group.command("push")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="The name to publish under: 1-64 letters, digits, '.', '_' or '-'.")
+@click.option("--force", is_flag=True, help="Replace a run already published under NAME.")
+@store_option
+def rm_push(run_dir: str, name: str, force: bool, store_uri: str | None) -> None:
+    """Publish a run directory (checked first; weights travel as safetensors, never pickle)."""
+    from pathlib import Path
+
+    from embrm.store import open_store
+
+    store = open_store(store_uri)
+    s = store.push_run(name, Path(run_dir), force)
+    click.echo(f"pushed {s['name']} ({s['method']} x{s['members']}, dim {s['dim']}, layer {s['layer']}) to {store.uri}")
+
+
+@rm_group.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@store_option
+def rm_ls(as_json: bool, store_uri: str | None) -> None:
+    """List the published reward models (on a service: what it serves)."""
+    from embrm.printable import printable
+    from embrm.store import open_store
+
+    runs = open_store(store_uri).runs()
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        click.echo("(no reward models)")
+        return
+    rows = [[printable(r["name"], 64), r["method"], str(r["members"]), str(r["dim"]), str(r["layer"]),
+             f"{printable(str(r.get('model_name') or ''), 60)} [{str(r.get('model_hash') or '')[:12]}]",
+             printable(str(r.get("dataset_name") or ""), 60)] for r in runs]
+    click.echo(_table(rows, ["NAME", "METHOD", "MEMBERS", "DIM", "LAYER", "EMBEDDING", "TRAINED ON"]))
+
+
+@rm_group.command("pull")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="A new (or empty) directory.")
+@store_option
+def rm_pull(name: str, out: str, store_uri: str | None) -> None:
+    """Fetch a published run into a directory, as it was pushed."""
+    from pathlib import Path
+
+    from embrm.store import open_store
+
+    click.echo(f"wrote {open_store(store_uri).pull_run(name, Path(out))}/")

@@ -14,19 +14,19 @@ import numpy as np
 import pyarrow as pa
 
 from embrm.errors import EmbrmError
-from embrm.store.loader import ROW_COLUMNS
-
-TEXT_COLUMNS = ["prompt", "response"]
+from embrm.paths import output_file
+from embrm.store import schema as S
+from embrm.store.loader import check_entry
 
 
 def export(store: Any, model: str, dataset: str, out: str | Path, layer: int | None = None,
-           texts: bool = True, batch_size: int = 8192) -> Path:
+           texts: bool = True, batch_size: int = 8192, force: bool = False) -> Path:
     """Write the entry to ``out``; the suffix (``.npy`` or ``.parquet``) picks the format.
 
     ``.npy`` holds the ``(rows, D)`` vectors in dataset order. Parquet holds one row per
     dataset row: item key, prompt id, response index, role, label, reward, the prompt and
     response texts (unless ``texts=False``), token count, truncation flag and a
-    fixed-size ``vector`` column.
+    fixed-size ``vector`` column. An existing ``out`` is replaced only with ``force``.
     """
     out = Path(out)
     suffix = out.suffix.lower()
@@ -36,7 +36,9 @@ def export(store: Any, model: str, dataset: str, out: str | Path, layer: int | N
     if e.status != "complete":
         raise EmbrmError(f"entry {e.model_name} x {e.dataset_name} is partial ({e.rows} of {e.n_rows} rows); "
                          "finish the extraction before exporting it")
-    cols = ROW_COLUMNS + (TEXT_COLUMNS if texts and suffix == ".parquet" else [])
+    check_entry(e, layer, allow_partial=False)  # what was asked for is there: then the output path
+    output_file(out, force, "the export")
+    cols = S.ROW_COLUMNS + (S.TEXT_COLUMNS if texts and suffix == ".parquet" else [])
     batches = store.iter_entry(e.model_hash, e.dataset_hash, layer=layer, batch_size=batch_size, columns=cols)
     if suffix == ".parquet":
         return write_parquet(out, (_parquet_table(b, e.dim) for b in batches))

@@ -5,7 +5,8 @@ fixed-width byte array searched with ``np.searchsorted`` (40 bytes a row with th
 facts, about half a second to build for a million rows). It follows the table's versions:
 when a new version only appended fragments (every commit does), only their keys are read
 and added as a sorted segment; anything else (compaction, deletion) rebuilds it. The
-rows are then read by :func:`embrm.store.scan.read_column_rows`.
+rows are then read by :func:`embrm.store.scan.read_column_rows`, with the page layouts
+this index also keeps (:attr:`KeyIndex.pages`).
 
 A scalar BTREE index in Lance was measured slower than this for more than about ten keys
 per query (1,000 keys: 335 ms against 65 ms for a filtered scan, and both far behind a
@@ -14,21 +15,15 @@ sorted key array).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from embrm.errors import EmbrmError
-from embrm.store import schema as S
-from embrm.store.scan import read_column_rows
 from embrm.store.vectors import key_columns
 
 if TYPE_CHECKING:
     import lance
-
-    from embrm.store.store import Store, StoredVectors
 
 MAX_SEGMENTS = 8
 
@@ -60,7 +55,10 @@ class _Segment:
 
 
 class KeyIndex:
-    """item key -> row offset in one vector table (see the module docstring)."""
+    """item key -> row offset in one vector table (see the module docstring).
+
+    Use under :attr:`lock`: :meth:`refresh` to the version at hand, then :meth:`lookup`.
+    """
 
     def __init__(self) -> None:
         self.version: int | None = None
@@ -68,6 +66,9 @@ class KeyIndex:
         self.rows = 0
         self.segments: list[_Segment] = []
         self.lock = threading.Lock()
+        #: page layouts and checked files of the table's data files (see
+        #: :func:`embrm.store.scan.read_column_rows`); data files never change once written
+        self.pages: dict[Any, Any] = {}
 
     def refresh(self, ds: lance.LanceDataset) -> None:
         if ds.version == self.version:
@@ -100,43 +101,17 @@ class KeyIndex:
 
     def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row offset or -1, token count, truncation flag) of each key."""
-        q = np.array([k.encode() for k in keys], dtype=self.segments[0].keys.dtype if self.segments else "S32")
+        width = self.segments[0].keys.dtype.itemsize if self.segments else 32
+        raw = [k.encode() for k in keys]
+        fits = np.array([len(b) <= width for b in raw], bool)  # numpy would cut a longer key to a false match
+        q = np.array(raw, dtype=f"S{width}")
         rows = np.full(len(q), -1, np.int64)
         n_tok = np.zeros(len(q), np.int32)
         trunc = np.zeros(len(q), bool)
         for seg in self.segments:
             j = seg.find(q)
-            hit = (j >= 0) & (rows < 0)
+            hit = (j >= 0) & (rows < 0) & fits
             rows[hit] = seg.rows[j[hit]]
             n_tok[hit] = seg.n_tokens[j[hit]]
             trunc[hit] = seg.truncated[j[hit]]
         return rows, n_tok, trunc
-
-
-def read_rows(store: Store, model_hash: str, keys: list[str], layers: Iterable[int] | None) -> StoredVectors:
-    """:meth:`Store.get_vectors`: look keys up in the table's index, read their rows."""
-    from embrm.store.store import StoredVectors
-
-    ds = store.tables.open(S.vector_table(model_hash))
-    if ds is None:
-        raise EmbrmError(f"model {model_hash[:12]} has no vectors in {store.uri}")
-    from embrm.store.vectors import VectorInfo
-
-    info = VectorInfo.of_schema(ds.schema)
-    want = tuple(info.layers if layers is None else layers)
-    bad = [layer for layer in want if layer not in info.layers]
-    if bad:
-        raise EmbrmError(f"layer(s) {bad} were not extracted; stored layers: {list(info.layers)}")
-    index, cache = store.key_index(model_hash)
-    with index.lock:
-        index.refresh(ds)
-        rows, n_tok, trunc = index.lookup(list(keys))
-    found = rows >= 0
-    np_dtype = np.float16 if info.dtype == "float16" else np.float32
-    out = {}
-    for layer in want:
-        v = np.zeros((len(keys), info.dim), np_dtype)
-        if found.any():
-            v[found] = read_column_rows(ds, S.layer_column(layer), info.dim, info.dtype, rows[found], cache)
-        out[layer] = v
-    return StoredVectors(list(keys), found, out, n_tok, trunc)

@@ -1,6 +1,10 @@
 """Reading entries: whole (``load``, into numpy) or streamed (``iter_entry``, in batches).
 
-Every trainer goes through :func:`load`, so it has to be close to ``np.load`` speed:
+An :class:`EntryReader` is given what it reads from (the rows tables, the vector tables
+and the load cache of one store) and an entry already resolved by the catalog.
+
+Every trainer goes through :meth:`EntryReader.load`, so it has to be close to
+``np.load`` speed:
 
 * **One scan maps rows to vectors** (:func:`row_sources`): each dataset row's offset in
   the vector table, with no join at all when the table holds the dataset's keys in order.
@@ -10,7 +14,7 @@ Every trainer goes through :func:`load`, so it has to be close to ``np.load`` sp
 * **An optional local materialisation** (:mod:`embrm.store.cache`), keyed by the tables'
   versions, makes a repeat load one ``np.load`` (or a memory map).
 
-:func:`iter_entry` streams an entry in dataset order with memory bounded by the batch
+:meth:`EntryReader.iter` streams an entry in dataset order with memory bounded by the batch
 size plus 13 bytes a row, for scoring, exporting and serving entries larger than memory.
 """
 from __future__ import annotations
@@ -26,14 +30,14 @@ import pyarrow.compute as pc
 
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
-from embrm.store.cache import Materialised
+from embrm.store.cache import LoadCache, Materialised
+from embrm.store.catalog import Entry
+from embrm.store.rows import DatasetRows
+from embrm.store.vector_tables import VectorTables
+from embrm.store.vectors import key_columns
 
 if TYPE_CHECKING:
     import lance
-
-    from embrm.store.store import Entry, Store
-
-ROW_COLUMNS = ["item_key", "prompt_id", "response_index", "role", "label", "reward"]
 
 
 @dataclass
@@ -136,9 +140,9 @@ class EntryBatch:
     truncated: np.ndarray
 
 
-def _checked_entry(store: Store, model: str, dataset: str, layer: int | None, allow_partial: bool
-                   ) -> tuple[Entry, int]:
-    e = store.resolve(model, dataset)
+def check_entry(e: Entry, layer: int | None, allow_partial: bool) -> int:
+    """The layer to read (default: the first stored), or a one-line error for an entry that
+    cannot be read that way."""
     if e.status != "complete" and not allow_partial:
         raise EmbrmError(
             f"entry {e.model_name} x {e.dataset_name} is partial ({e.rows} of {e.n_rows} rows); "
@@ -153,57 +157,12 @@ def _checked_entry(store: Store, model: str, dataset: str, layer: int | None, al
             f"layer {layer} was not extracted for {e.model_name}; stored layers: "
             f"{', '.join(str(x) for x in e.layers)}"
         )
-    return e, layer
-
-
-def load(
-    store: Store,
-    model: str,
-    dataset: str,
-    layer: int | None = None,
-    mmap: bool = False,
-    allow_partial: bool = False,
-    use_cache: bool | None = None,
-) -> Embeddings:
-    """Load one entry's vectors and rows in dataset order.
-
-    ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
-    has not finished) is refused unless ``allow_partial``, which returns the rows that
-    have vectors. ``use_cache`` decides the local materialisation (:mod:`embrm.store.cache`):
-    by default local stores use it when ``$EMBRM_CACHE_SIZE`` turns it on, and object
-    stores never (no local copy of a remote entry unless asked for with ``use_cache=True``).
-    ``mmap=True`` memory-maps such a copy, written for the purpose if needed.
-    """
-    from embrm.store.tables import is_remote
-
-    if use_cache is None:
-        use_cache = not is_remote(store.uri)
-    e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
-    rows = store.dataset_rows(e.dataset_hash, ROW_COLUMNS)
-    vds = store.tables.get(S.vector_table(e.model_hash))  # one version for keys, vectors and the cache name
-    versions = (vds.version, store.tables.get(S.dataset_table(e.dataset_hash)).version)
-    cache = store.cache
-    stem = cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
-    m = cache.get(stem, versions, mmap) if use_cache or mmap else None
-    if m is None:
-        m = read_vectors(vds, e, layer, rows.column("item_key"), store.key_index(e.model_hash)[1])
-        if use_cache or mmap:
-            path = cache.put(stem, versions, m, force=mmap)
-            if mmap and path is not None:
-                m = Materialised(np.load(path, mmap_mode="r"), m.n_tokens, m.truncated, m.present)
-    if not m.present.all():
-        if not allow_partial:
-            raise EmbrmError(
-                f"{int((~m.present).sum())} rows of {e.dataset_name} have no vector under "
-                f"{e.model_name}; re-run the extraction"
-            )
-        rows = rows.filter(pa.array(m.present))
-    return embeddings_of(rows, m, e, layer)
+    return layer
 
 
 def embeddings_of(rows: pa.Table, m: Materialised, e: Entry, layer: int) -> Embeddings:
-    """Rows (in dataset order) and their vectors as :class:`Embeddings`; a pulled entry
-    (:mod:`embrm.serve.client`) is arranged by the same function as a local load."""
+    """Rows (in dataset order) and their vectors as :class:`Embeddings`; an entry pulled
+    from the service (:mod:`embrm.store.service`) is arranged by the same function."""
     return Embeddings(
         vectors=m.vectors,
         kind=e.kind,
@@ -230,8 +189,6 @@ def row_sources(vds: lance.LanceDataset, row_keys: pa.ChunkedArray | pa.Array
     token count and truncation flag. One scan of the table's keys; when the table holds
     exactly the rows' keys in the same order (an entry extracted into a fresh table), the
     offsets are 0..n-1 with no join at all."""
-    from embrm.store.vectors import key_columns
-
     meta = key_columns(vds)
     stored = meta.column("item_key")
     if len(stored) == len(row_keys) and stored.equals(row_keys):
@@ -247,55 +204,86 @@ def row_sources(vds: lance.LanceDataset, row_keys: pa.ChunkedArray | pa.Array
     return src, n_tokens, truncated
 
 
-def read_vectors(vds: lance.LanceDataset, e: Entry, layer: int, row_keys: pa.ChunkedArray,
-                 cache: dict | None = None) -> Materialised:
-    """The layer's vectors of ``row_keys`` from vector table ``vds``, in the keys' order.
+class EntryReader:
+    """Loads and streams entries of one store from its rows and vector tables.
 
-    Keys and vectors are read from the same table version, so row offsets agree."""
-    from embrm.store.scan import read_column_rows
-
-    src, n_tokens, truncated = row_sources(vds, row_keys)
-    present = src >= 0
-    vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src[present], cache)
-    return Materialised(vectors, n_tokens[present], truncated[present], present)
-
-
-def iter_entry(store: Store, model: str, dataset: str, layer: int | None = None, batch_size: int = 8192,
-               columns: list[str] | None = None, allow_partial: bool = False, offset: int = 0,
-               limit: int | None = None) -> Iterator[EntryBatch]:
-    """Stream an entry in dataset order: rows, their vectors and metadata, ``batch_size``
-    rows at a time (rows ``offset`` to ``offset + limit`` of the dataset order). Memory is
-    bounded by the batch size plus 13 bytes a row of the dataset (where each row's vector
-    lies, found by one scan of the keys up front), never by the vectors' size.
+    ``cache_by_default``: whether loads use the local materialisation unless told
+    otherwise (a local store does when ``$EMBRM_CACHE_SIZE`` turns it on; an object store
+    never keeps a local copy of a remote entry unless asked for with ``use_cache=True``).
     """
-    from embrm.store.scan import read_column_rows
 
-    e, layer = _checked_entry(store, model, dataset, layer, allow_partial)
-    cols = columns if columns is not None else ROW_COLUMNS
-    if "item_key" not in cols:
-        cols = ["item_key", *cols]
-    vds = store.tables.get(S.vector_table(e.model_hash))  # one version for the map and the reads
-    src, n_tokens, truncated = row_sources(vds, store.dataset_rows(e.dataset_hash, ["item_key"]).column("item_key"))
-    if not allow_partial and (src < 0).any():
-        raise EmbrmError(f"{int((src < 0).sum())} rows of {e.dataset_name} have no vector under "
-                         f"{e.model_name}; re-run the extraction")
-    cache = store.key_index(e.model_hash)[1]
-    at = offset
-    for batch in store.iter_dataset_rows(e.dataset_hash, cols, batch_size, offset, limit):
-        part = slice(at, at + len(batch))
-        at += len(batch)
-        found = src[part] >= 0
-        vectors = read_column_rows(vds, S.layer_column(layer), e.dim, e.dtype, src[part][found], cache)
-        if not found.all():
-            batch = batch.filter(pa.array(found))
-        yield EntryBatch(batch, vectors, n_tokens[part][found], truncated[part][found])
+    def __init__(self, rows: DatasetRows, vectors: VectorTables, cache: LoadCache, cache_by_default: bool):
+        self.rows, self.vectors, self.cache, self.cache_by_default = rows, vectors, cache, cache_by_default
+
+    def versions(self, e: Entry) -> tuple[int, int]:
+        """(vector table version, rows table version): what a cached load or an ETag keys on."""
+        return self.vectors.get(e.model_hash).version, self.rows.version(e.dataset_hash)
+
+    def cache_path(self, e: Entry, layer: int) -> Path:
+        """The materialisation file a load of this entry and layer would use now."""
+        stem = self.cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
+        return self.cache.paths(stem, self.versions(e))[0]
+
+    def load(self, e: Entry, layer: int | None = None, mmap: bool = False, allow_partial: bool = False,
+             use_cache: bool | None = None) -> Embeddings:
+        """One entry's vectors and rows in dataset order.
+
+        ``layer`` defaults to the first extracted layer. A partial entry (an extraction that
+        has not finished) is refused unless ``allow_partial``, which returns the rows that
+        have vectors. ``use_cache`` decides the local materialisation (:mod:`embrm.store.cache`);
+        ``mmap=True`` memory-maps such a copy, written for the purpose if needed.
+        """
+        if use_cache is None:
+            use_cache = self.cache_by_default
+        layer = check_entry(e, layer, allow_partial)
+        rows = self.rows.read(e.dataset_hash, S.ROW_COLUMNS)
+        vds = self.vectors.get(e.model_hash)  # one version for keys, vectors and the cache name
+        versions = (vds.version, self.rows.version(e.dataset_hash))
+        stem = self.cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
+        m = self.cache.get(stem, versions, mmap) if use_cache or mmap else None
+        if m is None:
+            src, n_tokens, truncated = row_sources(vds, rows.column("item_key"))
+            present = src >= 0
+            vectors = self.vectors.read_rows(e.model_hash, vds, layer, e.dim, e.dtype, src[present])
+            m = Materialised(vectors, n_tokens[present], truncated[present], present)
+            if use_cache or mmap:
+                path = self.cache.put(stem, versions, m, force=mmap)
+                if mmap and path is not None:
+                    m = Materialised(np.load(path, mmap_mode="r"), m.n_tokens, m.truncated, m.present)
+        if not m.present.all():
+            if not allow_partial:
+                raise EmbrmError(
+                    f"{int((~m.present).sum())} rows of {e.dataset_name} have no vector under "
+                    f"{e.model_name}; re-run the extraction"
+                )
+            rows = rows.filter(pa.array(m.present))
+        return embeddings_of(rows, m, e, layer)
+
+    def iter(self, e: Entry, layer: int | None = None, batch_size: int = 8192, columns: list[str] | None = None,
+             allow_partial: bool = False, offset: int = 0, limit: int | None = None) -> Iterator[EntryBatch]:
+        """Stream an entry in dataset order: rows, their vectors and metadata, ``batch_size``
+        rows at a time (rows ``offset`` to ``offset + limit`` of the dataset order). Memory is
+        bounded by the batch size plus 13 bytes a row of the dataset (where each row's vector
+        lies, found by one scan of the keys up front), never by the vectors' size.
+        """
+        layer = check_entry(e, layer, allow_partial)
+        cols = columns if columns is not None else S.ROW_COLUMNS
+        if "item_key" not in cols:
+            cols = ["item_key", *cols]
+        vds = self.vectors.get(e.model_hash)  # one version for the map and the reads
+        src, n_tokens, truncated = row_sources(vds, self.rows.keys(e.dataset_hash))
+        if not allow_partial and (src < 0).any():
+            raise EmbrmError(f"{int((src < 0).sum())} rows of {e.dataset_name} have no vector under "
+                             f"{e.model_name}; re-run the extraction")
+        at = offset
+        for batch in self.rows.iter(e.dataset_hash, cols, batch_size, offset, limit):
+            part = slice(at, at + len(batch))
+            at += len(batch)
+            found = src[part] >= 0
+            vectors = self.vectors.read_rows(e.model_hash, vds, layer, e.dim, e.dtype, src[part][found])
+            if not found.all():
+                batch = batch.filter(pa.array(found))
+            yield EntryBatch(batch, vectors, n_tokens[part][found], truncated[part][found])
 
 
-def cache_path_for(store: Store, model: str, dataset: str, layer: int) -> Path:
-    """The materialisation file a load of this entry and layer would use now."""
-    e = store.resolve(model, dataset)
-    stem = store.cache.stem(e.model_hash, e.dataset_hash, S.layer_column(layer))
-    return store.cache.paths(stem, store.table_versions(e))[0]
-
-
-__all__ = ["Embeddings", "EntryBatch", "cache_path_for", "iter_entry", "load", "read_vectors"]
+__all__ = ["Embeddings", "EntryBatch", "EntryReader", "check_entry", "embeddings_of", "row_sources"]

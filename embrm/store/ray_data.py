@@ -22,7 +22,7 @@ def ray_dataset(store_uri: str, model: str, dataset: str, layer: int | None = No
         import ray.data
     except ImportError:
         raise EmbrmError("an entry as a Ray Dataset needs Ray Data: `pip install 'embrm[ray]'`") from None
-    from embrm.store.store import open_store
+    from embrm.store.backends import open_store
 
     e = open_store(store_uri).resolve(model, dataset)
     slices = [{"offset": o, "limit": min(rows_per_task, e.n_rows - o)} for o in range(0, e.n_rows, rows_per_task)]

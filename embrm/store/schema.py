@@ -111,6 +111,11 @@ ROW_SCHEMA = pa.schema(
 )
 
 
+#: A row's structure and labels: what a load returns beside the vectors, in this order.
+ROW_COLUMNS = ["item_key", "prompt_id", "response_index", "role", "label", "reward"]
+#: A row's texts, read only when asked for (they are most of a rows table's bytes).
+TEXT_COLUMNS = ["prompt", "response"]
+
 #: The normalised rows a client uploads to the service: the row schema without what the
 #: server derives itself (position and item key).
 UPLOAD_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in ("position", "item_key")])

@@ -1,4 +1,5 @@
-"""The Lance datasets that make up a store: where they live, opening, creating, listing.
+"""The Lance datasets that make up a store: where they live, opening, creating, listing,
+and how writers take turns.
 
 A store is a directory or object-store prefix of Lance datasets named ``<table>.lance``:
 the layout of a LanceDB database, so ``lancedb.connect(uri)`` opens an embrm store too.
@@ -9,17 +10,32 @@ embrm itself talks to pylance directly, for two reasons:
 * the Ray engine needs pylance's own fragment-write and commit calls, so the store
   speaks the same API everywhere instead of two.
 
+:class:`Tables` is what both Lance backends share; :class:`LocalTables` (here) and
+:class:`~embrm.store.object_store.ObjectTables` differ in how they list, drop and lock:
+
+* **local disk**: ``merge_insert`` on an unmarked key does not keep keys unique (two
+  processes that planned an insert on the same version were seen to insert a key
+  twice), so check-and-insert commits take turns under ``flock`` on a file in
+  ``<store>/_embrm_locks``; the kernel releases it when the holder dies, however it dies.
+  Under that lock a writer is alone, so it may append after checking its keys
+  (:attr:`Tables.exclusive_commits`);
+* **object storage** has no such lock and needs none: every insert is a ``merge_insert``
+  on a key field that carries Lance's primary-key marker, which Lance checks against
+  every version committed since the insert was planned; the loser retries.
+
 Lance commits are optimistic: two writers that commit at once may see a conflict, and
 the loser retries on the new version (:func:`retry`).
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import time
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
@@ -29,14 +45,8 @@ if TYPE_CHECKING:
     import lance
 
 T = TypeVar("T")
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def local_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
+SUFFIX = ".lance"
+LOCKS = "_embrm_locks"
 
 
 def retry(fn: Callable[[], T], tries: int = 30) -> T:
@@ -56,10 +66,35 @@ def retry(fn: Callable[[], T], tries: int = 30) -> T:
     raise AssertionError("unreachable")
 
 
-class Tables:
+def merge(ds: lance.LanceDataset, on: str, data: pa.Table, update: bool = False) -> int:
+    """``merge_insert`` of ``data`` on key ``on``: insert new keys (and with ``update``,
+    replace existing ones); returns the rows inserted. Batches take the table's own
+    schema, whose key field carries Lance's primary-key marker where embrm created it."""
+    data = data.cast(ds.schema)
+
+    def run() -> object:
+        b = ds.merge_insert(on)
+        if update:
+            b = b.when_matched_update_all()
+        return b.when_not_matched_insert_all().execute(data)
+
+    res = retry(run)
+    return int(res.get("num_inserted_rows", 0)) if isinstance(res, dict) else len(data)
+
+
+def sql_str(s: str) -> str:
+    """A string literal for a Lance filter."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+class Tables(ABC):
     """The Lance datasets under one store URI."""
 
-    SUFFIX = ".lance"
+    #: A commit made under :meth:`lock` is the only one in progress (so a writer may check
+    #: its keys against the table and then append).
+    exclusive_commits: bool = False
+    #: Vector pages may be read straight from the data files (:mod:`embrm.store.scan`).
+    direct_reads: bool = False
 
     def __init__(self, uri: str, storage_options: dict[str, str] | None = None):
         self.uri = uri.rstrip("/")
@@ -67,23 +102,20 @@ class Tables:
 
     def path(self, name: str) -> str:
         """The dataset URI of a table."""
-        return f"{self.uri}/{name}{self.SUFFIX}"
+        return f"{self.uri}/{name}{SUFFIX}"
 
-    def exists(self, name: str) -> bool:
-        if not is_remote(self.uri):
-            return (local_path(self.path(name)) / "_versions").is_dir()
-        return self.open(name) is not None
+    @property
+    def lance_options(self) -> dict[str, str] | None:
+        return self.storage_options or None
 
     def open(self, name: str, version: int | None = None) -> lance.LanceDataset | None:
         """The table at its latest (or given) version, or None if it does not exist."""
         import lance
 
-        if not is_remote(self.uri) and not (local_path(self.path(name)) / "_versions").is_dir():
-            return None
         try:
-            return lance.dataset(self.path(name), version=version, storage_options=self.storage_options or None)
+            return lance.dataset(self.path(name), version=version, storage_options=self.lance_options)
         except (ValueError, OSError) as e:  # lance: "Dataset at path ... was not found"
-            self._explain(e)
+            self.explain(e)
             if "not found" in str(e).lower():
                 return None
             raise
@@ -95,64 +127,95 @@ class Tables:
         return ds
 
     def create(self, name: str, schema: pa.Schema, data: pa.Table | None = None) -> lance.LanceDataset:
-        """Create a table (empty, or with ``data``); if another writer created it first, open it."""
+        """Create a table (empty, or with ``data``) as one commit; if another writer created
+        it first, open theirs. Writers that create the same table at once (a team's first
+        jobs on a new bucket) all end with the one table.
+
+        Not ``write_dataset(mode="create")``: Lance rebases a create that lost the race for
+        version 1 onto the winner's table as an overwrite at version 2 (lance#4451), which
+        on object storage was seen to wipe rows another writer had already merged. A commit
+        with no retries cannot be rebased: exactly one creator gets version 1 and every
+        other one fails and opens it (10 of 10 rounds of six racing creators, local and S3;
+        ``mode="create"`` made two tables in 3 to 7 of 10).
+        """
+        import lance
+        from lance import LanceOperation
+
+        if (ds := self.open(name)) is not None:
+            return ds
+        try:
+            fragments = [] if data is None or len(data) == 0 else lance.fragment.write_fragments(
+                data.cast(schema), self.path(name), schema=schema, storage_options=self.lance_options)
+            return lance.LanceDataset.commit(self.path(name), LanceOperation.Overwrite(schema, fragments),
+                                             max_retries=0, enable_v2_manifest_paths=True,
+                                             storage_options=self.lance_options)
+        except (OSError, ValueError, RuntimeError) as e:
+            self.explain(e)
+            for _ in range(50):  # the winner's commit may need a moment to show on object storage
+                if (ds := self.open(name)) is not None:
+                    return ds
+                time.sleep(0.1)
+            raise
+
+    def append(self, name: str, data: pa.Table) -> None:
+        """Append rows as one commit (callers hold :meth:`lock` and have checked the keys)."""
         import lance
 
-        try:
-            return lance.write_dataset(data if data is not None else schema.empty_table(), self.path(name),
-                                       schema=schema, mode="create",
-                                       storage_options=self.storage_options or None)
-        except (OSError, ValueError) as e:
-            self._explain(e)
-            if "already exists" not in str(e).lower():
-                raise
-        return self.get(name)
+        retry(lambda: lance.write_dataset(data, self.path(name), mode="append", storage_options=self.lance_options))
+
+    def explain(self, e: BaseException) -> None:  # noqa: B027 (a hook: only object stores explain)
+        """Raise a one-line error for a failure of the place itself (bucket, credentials,
+        network); return for anything else."""
+
+    @abstractmethod
+    def names(self) -> set[str]:
+        """Every table of the store (a listing)."""
+
+    @abstractmethod
+    def drop(self, name: str) -> None:
+        """Delete a table and all its versions."""
+
+    @abstractmethod
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Take turns with other writers of table ``name`` (where the backend needs to)."""
+
+
+class LocalTables(Tables):
+    """Tables in a directory: listing by the file system, commits under ``flock``."""
+
+    exclusive_commits = True
+    direct_reads = True
+
+    @property
+    def root(self) -> Path:
+        return Path(self.uri.removeprefix("file://"))
+
+    def _dir(self, name: str) -> Path:
+        return self.root / f"{name}{SUFFIX}"
+
+    def open(self, name: str, version: int | None = None) -> lance.LanceDataset | None:
+        if not (self._dir(name) / "_versions").is_dir():  # no Lance call for a table that is not there
+            return None
+        return super().open(name, version)
 
     def names(self) -> set[str]:
-        """Every table of the store (a listing: only ``gc`` needs it)."""
-        if not is_remote(self.uri):
-            root = local_path(self.uri)
-            if not root.is_dir():
-                return set()
-            return {p.name[: -len(self.SUFFIX)] for p in root.iterdir()
-                    if p.name.endswith(self.SUFFIX) and (p / "_versions").is_dir()}
-        import pyarrow.fs as pafs
-
-        fs, base = _remote_fs(self)
-        try:
-            infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-        except OSError as e:
-            self._explain(e)
-            raise
-        return {i.base_name[: -len(self.SUFFIX)] for i in infos
-                if i.type == pafs.FileType.Directory and i.base_name.endswith(self.SUFFIX)}
-
-    def _explain(self, e: BaseException) -> None:
-        """Raise a one-line error for an object store's failure (bucket, credentials, network)."""
-        if is_remote(self.uri):
-            from embrm.store.remote import explain
-
-            err = explain(e, self.uri)
-            if err is not None:
-                raise err from None
+        if not self.root.is_dir():
+            return set()
+        return {p.name[: -len(SUFFIX)] for p in self.root.iterdir()
+                if p.name.endswith(SUFFIX) and (p / "_versions").is_dir()}
 
     def drop(self, name: str) -> None:
-        if not is_remote(self.uri):
-            shutil.rmtree(local_path(self.path(name)), ignore_errors=True)
-            return
-        import lance
+        shutil.rmtree(self._dir(name), ignore_errors=True)
 
-        lance.LanceDataset.drop(self.path(name), storage_options=self.storage_options or None,
-                                ignore_not_found=True)
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        import fcntl
 
-
-def _remote_fs(t: Tables) -> tuple[Any, str]:
-    """A pyarrow filesystem for listing an object-store prefix with the store's options."""
-    import pyarrow.fs as pafs
-
-    from embrm.store.remote import pyarrow_s3_options
-
-    scheme, _, rest = t.uri.partition("://")
-    if scheme not in ("s3", "s3a"):
-        return pafs.FileSystem.from_uri(t.uri)
-    return pafs.S3FileSystem(**pyarrow_s3_options(t.storage_options)), rest
+        d = self.root / LOCKS
+        d.mkdir(exist_ok=True)
+        with open(d / f"{name}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -3,62 +3,102 @@ per window.
 
 The rows table is read back from the store in windows of ``window`` rows. In each
 window, the rows whose item the plan found missing and that this run has not computed
-yet are embedded (through any ``embed`` callable: the CLI passes an
-:class:`~embrm.extractor.embedder.Embedder`'s, the service its batcher's) and committed
-as one store write. A crash loses at most one window; a re-run plans again and continues.
+yet are embedded (through any ``embed`` callable: :class:`LocalEngine` passes an
+:class:`~embrm.extractor.embedder.Embedder`'s, the service's dataset jobs their model
+thread's) and committed as one store write. A crash loses at most one window; a re-run
+plans again and continues.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embrm.extractor.engines.planned import run_planned
+from embrm.extractor.report import LoopCounts, progress_bar
+from embrm.extractor.sharing import CoreShare, WindowClaims
 from embrm.store.vectors import build_vector_table
 
 if TYPE_CHECKING:
-    from embrm.extractor.embedder import Embedded
+    from embrm.extractor.config import ExtractConfig
+    from embrm.extractor.embedder import Embedded, Embedder
     from embrm.extractor.plan import ExtractionPlan
-    from embrm.store.store import Store
+    from embrm.extractor.report import ExtractResult
+    from embrm.store.base import Store
+    from embrm.store.lance_store import LanceStore
 
 EmbedFn = Callable[[list[str], list[str]], "Embedded"]
 
 
-@dataclass
-class LoopCounts:
-    """What one run of the loop did."""
+class LocalEngine:
+    """Forward passes in this process, one Embedder, one commit per window; sharing the
+    windows and the cores with other extractions on this machine."""
 
-    computed: int = 0
-    cached: int = 0  # rows whose item was stored before this run
-    duplicates: int = 0  # rows whose item appeared earlier in this dataset (computed once)
-    tokens: int = 0
-    compute_seconds: float = 0.0
+    cores: CoreShare
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.compute_seconds if self.compute_seconds else 0.0
+    def extract(self, cfg: ExtractConfig, store: Store, on_window: Callable[[int], None] | None = None
+                ) -> ExtractResult:
+        return run_planned(self, cfg, store.writable("extraction"), on_window)
+
+    def embedder(self, cfg: ExtractConfig) -> Embedder:
+        from embrm.extractor.embedder import Embedder
+
+        return Embedder(cfg.spec, cfg.run.device, cfg.run.batch_tokens)
+
+    @contextlib.contextmanager
+    def session(self, embedder: Embedder) -> Iterator[None]:
+        import torch
+
+        embedder.load()  # a bad model, tokenizer or layer fails before anything is written
+        with CoreShare(cores=torch.get_num_threads()) as self.cores:  # at most what torch was given
+            yield
+
+    def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
+            on_window: Callable[[int], None] | None) -> LoopCounts:
+        import torch
+
+        def share_cores() -> None:  # other extractions may have started or ended meanwhile
+            n = self.cores.threads()
+            if n != torch.get_num_threads():
+                torch.set_num_threads(n)
+
+        bar = progress_bar(plan.data.n_rows, "extract", cfg.run.quiet)
+        claims = WindowClaims(store.uri, plan.model_hash, plan.data.dataset_hash)
+        try:
+            return run_local(plan, store, embedder.embed, cfg.run.window, on_window, bar, claims=claims,
+                             before_window=share_cores)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
-def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 1024,
+def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: int = 1024,
               on_window: Callable[[int], None] | None = None, progress: Any = None,
-              should_stop: Callable[[], bool] | None = None) -> LoopCounts:
+              should_stop: Callable[[], bool] | None = None, claims: WindowClaims | None = None,
+              before_window: Callable[[], None] | None = None) -> LoopCounts:
     """Compute every missing item of a registered plan; returns the counts.
 
-    ``on_window`` is called after each commit with the rows written; ``progress`` is a
-    tqdm-like bar (``update``, ``set_postfix``); ``should_stop`` ends the loop early
-    between windows (the service's shutdown).
+    Before a window is computed its keys are checked against the store again, so items
+    another process committed meanwhile are skipped (and counted as cached). With
+    ``claims``, a window another process on this machine is computing is put off until
+    the end (see :mod:`embrm.extractor.sharing`). ``on_window`` is called after each
+    commit with the rows written; ``progress`` is a tqdm-like bar (``update``,
+    ``set_postfix``); ``should_stop`` ends the loop early between windows (the
+    service's shutdown); ``before_window`` runs before each window is computed.
     """
     counts = LoopCounts()
     missing = plan.missing
     done = np.zeros(len(missing), bool)  # one byte per missing item, not a set of strings
     expect = None
-    for batch in store.iter_dataset_rows(plan.data.dataset_hash, ["item_key", "prompt", "response"], window):
-        if should_stop is not None and should_stop():
-            break
+    dh, mh, cols = plan.data.dataset_hash, plan.model_hash, ["item_key", "prompt", "response"]
+
+    def process(batch: pa.RecordBatch) -> None:
+        nonlocal expect
         keys = batch.column("item_key")
         at = pc.fill_null(pc.index_in(keys, value_set=missing), -1).to_numpy() if len(missing) else \
             np.full(len(keys), -1)
@@ -71,6 +111,16 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
             else:
                 todo[m] = row
         if todo:
+            vds = store.vectors.open(mh)
+            if vds is not None:  # committed by another process since the plan was made?
+                stored = store.vectors.stored(mh, vds, keys.take(pa.array(list(todo.values()))).to_pylist())
+                for m in [m for m, s in zip(list(todo), stored) if s]:
+                    del todo[m]
+                    done[m] = True
+                    counts.cached += 1
+        if todo:
+            if before_window is not None:
+                before_window()
             sel = pa.array(list(todo.values()))
             prompts = batch.column("prompt").take(sel).to_pylist()
             responses = batch.column("response").take(sel).to_pylist()
@@ -78,9 +128,9 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
             out = embed(prompts, responses)
             counts.compute_seconds += time.perf_counter() - t
             if expect is None:
-                expect = store.vector_info(plan.model_hash)
+                expect = store.vectors.info(mh)
             data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=expect)
-            store.commit_vectors(plan.model_hash, data)
+            store.writer.commit(mh, data)
             done[list(todo)] = True
             counts.computed += len(todo)
             counts.tokens += out.tokens
@@ -90,4 +140,26 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
             progress.update(len(keys))
             progress.set_postfix(tok_s=f"{counts.tokens_per_second:,.0f}" if counts.compute_seconds else "-",
                                  cached=counts.cached, refresh=False)
+
+    deferred: list[tuple[int, int]] = []  # (first row, rows) of windows another process held
+    start = 0
+    for batch in store.rows.iter(dh, cols, window):
+        if should_stop is not None and should_stop():
+            return counts
+        first, start = start, start + len(batch)
+        if claims is None:
+            process(batch)
+            continue
+        with claims.claim(first, wait=False) as held:
+            if held:
+                process(batch)
+            else:
+                deferred.append((first, len(batch)))
+    for first, n in deferred:
+        if should_stop is not None and should_stop():
+            break
+        assert claims is not None
+        with claims.claim(first, wait=True):
+            process(pa.Table.from_batches(list(store.rows.iter(dh, cols, n, first, n))).combine_chunks()
+                    .to_batches()[0])
     return counts

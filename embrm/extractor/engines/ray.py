@@ -1,8 +1,9 @@
 """The Ray Data engine: the same plan as the local engine, run by actors across a cluster.
 
 * **Driver** (this process): scans and fingerprints the dataset, pins the model and finds
-  the distinct missing item keys, exactly as the local engine does
-  (:mod:`embrm.extractor.plan`). If nothing is missing it returns without starting Ray.
+  the distinct missing item keys, exactly as the local engine does (the same
+  :func:`~embrm.extractor.engines.planned.run_planned`). If nothing is missing it returns
+  without starting Ray.
   Otherwise it sends each actor the *offsets* of missing items in the dataset's rows table
   (first occurrences only, so no worker ever sees an item twice), never the texts.
 * **Workers** are Ray Data actors (``map_batches`` over an ``ActorPoolStrategy``, as in
@@ -12,7 +13,7 @@
   store's seam and returns only fragment metadata, row counts and keys.
 * **The driver is the only committer.** Every ``commit_rows`` rows or ``commit_seconds``
   seconds it commits the fragments it holds as one append, under the store's commit
-  lock, after checking row counts and keys (:meth:`Store.commit_vector_fragments`). A
+  lock, after checking row counts and keys (:meth:`VectorWriter.commit_fragments`). A
   crash loses at most one commit interval; running the command again computes what is
   missing, and ``embrm store gc`` deletes the files of fragments nobody committed.
 
@@ -21,11 +22,13 @@ Ray's own ``Dataset.write_lance`` is not used: with pylance 14 it fails in every
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +39,12 @@ import pyarrow.compute as pc
 from embrm.errors import EmbrmError
 
 if TYPE_CHECKING:
-    from embrm.extractor.extraction import ExtractConfig, ExtractResult
+    from embrm.extractor.config import ExtractConfig
+    from embrm.extractor.embedder import Embedder
     from embrm.extractor.plan import ExtractionPlan
-    from embrm.store.store import Store
+    from embrm.extractor.report import ExtractResult, LoopCounts
+    from embrm.store.base import Store
+    from embrm.store.lance_store import LanceStore
 
 TASK_ROWS = 256  # items per actor call: a few forward batches, one fragment
 
@@ -137,7 +143,7 @@ class EmbedActor:
     def __init__(self, spec: dict[str, Any], device: str, batch_tokens: int | None, store_uri: str,
                  model_hash: str, dataset_hash: str, rows_version: int):
         from embrm.extractor.embedder import Embedder, EmbeddingSpec
-        from embrm.store.store import open_store
+        from embrm.store.backends import open_store
         from embrm.store.vectors import VectorInfo
 
         spec["layers"] = tuple(spec["layers"])
@@ -145,22 +151,22 @@ class EmbedActor:
         if self.embedder.model_hash != model_hash:
             raise EmbrmError(f"a worker pinned model {self.embedder.model_hash[:12]}, the driver {model_hash[:12]}: "
                              "workers need the same model files (a shared path or hub cache)")
-        self.store = open_store(store_uri)
+        self.store = open_store(store_uri).writable("a Ray worker")
         self.model_hash, self.dataset_hash, self.rows_version = model_hash, dataset_hash, rows_version
         self.info = VectorInfo(self.embedder.dim, "float32", tuple(spec["layers"]))
-        self.store.ensure_vector_table(model_hash, self.info)
+        self.store.writer.ensure_table(model_hash, self.info)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from embrm.store.vectors import build_vector_table
 
         out: dict[str, list[Any]] = {"fragments": [], "rows": [], "keys": [], "tokens": []}
         for offsets in batch.column("offsets").to_pylist():
-            rows = self.store.rows_at(self.dataset_hash, np.array(offsets), ["item_key", "prompt", "response"],
-                                      self.rows_version)
+            rows = self.store.rows.take(self.dataset_hash, np.array(offsets), ["item_key", "prompt", "response"],
+                                        self.rows_version)
             emb = self.embedder.embed(rows.column("prompt").to_pylist(), rows.column("response").to_pylist())
             data = build_vector_table(rows.column("item_key").combine_chunks(), emb.vectors, emb.n_tokens,
                                       emb.truncated, expect=self.info)
-            out["fragments"].append(self.store.write_vector_fragments(self.model_hash, data))
+            out["fragments"].append(self.store.writer.write_fragments(self.model_hash, data))
             out["rows"].append(len(data))
             out["keys"].append(rows.column("item_key").to_pylist())
             out["tokens"].append(emb.tokens)
@@ -174,14 +180,14 @@ def task_rows(n_items: int, num_workers: int) -> int:
     return int(max(16, min(TASK_ROWS, -(-n_items // (4 * num_workers)))))
 
 
-def first_offsets(store: Store, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
+def first_offsets(store: LanceStore, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
     """Offsets (in the rows table) of the first row of every missing item, and how many
     rows repeat an item seen earlier (deduplicated before dispatch)."""
     missing = plan.missing
     seen = np.zeros(len(missing), bool)
     picks: list[np.ndarray] = []
     repeats = 0
-    for start, keys in store.physical_keys(plan.data.dataset_hash):
+    for start, keys in store.rows.physical_keys(plan.data.dataset_hash):
         at = pc.fill_null(pc.index_in(keys, value_set=missing), -1).to_numpy()
         rows = np.nonzero(at >= 0)[0]
         uniq, first = np.unique(at[rows], return_index=True)
@@ -192,43 +198,58 @@ def first_offsets(store: Store, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
     return (np.concatenate(picks) if picks else np.zeros(0, np.int64)), repeats
 
 
-def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None) -> ExtractResult:
-    """``embrm extract --engine ray``: plan here, embed on Ray actors, commit here."""
-    from embrm.extractor.embedder import Embedder
-    from embrm.extractor.extraction import finish, progress_bar
-    from embrm.extractor.models import resolve_dtype
-    from embrm.extractor.plan import plan_extraction, scan_dataset
-    from embrm.store import schema as S
-    from embrm.store.store import open_store
+class RayEngine:
+    """Plan and commit here, embed on Ray Data actors (see the module docstring)."""
 
-    t0 = time.perf_counter()
-    cfg.validate()
-    opts.validate()
-    check_ray()  # missing Ray is an error before anything is read or written
-    device = "cuda" if opts.gpus_per_worker > 0 else "cpu"
-    dtype = cfg.embedding.dtype
-    if dtype == "auto":  # decided for the workers' device, so every worker computes the same fingerprint
-        dtype = "bfloat16" if device == "cuda" else resolve_dtype("auto", "cpu")
-    spec = replace(cfg.embedding, dtype=dtype)
-    planner = Embedder(spec, "cpu", cfg.run.batch_tokens)  # fingerprint only: never loaded here
-    data = scan_dataset(cfg.data)
-    store = store or open_store(cfg.run.store, create=True)
-    plan = plan_extraction(data, planner, store)
-    n_rows_missing = 0
-    if plan.n_missing == 0:
-        plan.register(store)
-        return finish(plan, store, 0, data.n_rows, 0, 0, 0.0, False, t0)
-    ray = start_ray(opts)
-    try:
-        plan.register(store)
+    def __init__(self, opts: RayOptions):
+        self.opts = opts
+        self.ray: Any = None
+
+    def extract(self, cfg: ExtractConfig, store: Store, on_window: Callable[[int], None] | None = None
+                ) -> ExtractResult:
+        from embrm.extractor.engines.planned import run_planned
+
+        self.opts.validate()
+        if cfg.run.device not in ("auto", self.device):
+            raise EmbrmError(f"--device {cfg.run.device} does not apply with --engine ray: workers run on "
+                             f"{self.device}, as --gpus-per-worker says")
+        check_ray()  # missing Ray is an error before anything is read or written
+        return run_planned(self, cfg, store.writable("extraction on Ray"), on_window)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.opts.gpus_per_worker > 0 else "cpu"
+
+    def embedder(self, cfg: ExtractConfig) -> Embedder:
+        """The fingerprint the workers will compute under (never loaded here): ``auto``
+        dtype is decided for the workers' device, so every worker agrees."""
+        from embrm.extractor.embedder import Embedder
+        from embrm.extractor.models import resolve_dtype
+
+        dtype = cfg.spec.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device == "cuda" else resolve_dtype("auto", "cpu")
+        return Embedder(replace(cfg.spec, dtype=dtype), "cpu", cfg.run.batch_tokens)
+
+    @contextlib.contextmanager
+    def session(self, embedder: Embedder) -> Iterator[None]:
+        self.ray = start_ray(self.opts)
+        try:
+            yield
+        finally:
+            self.ray.shutdown()
+
+    def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
+            on_window: Callable[[int], None] | None) -> LoopCounts:
+        from embrm.extractor.report import LoopCounts, progress_bar
+
+        ray, opts, spec = self.ray, self.opts, embedder.spec
         offsets, repeats = first_offsets(store, plan)
-        n_rows_missing = len(offsets) + repeats
-        rows_version = store.tables.get(S.dataset_table(data.dataset_hash)).version
         task = task_rows(len(offsets), opts.num_workers)
         chunks = [{"offsets": offsets[s:s + task].tolist()} for s in range(0, len(offsets), task)]
-        kwargs = {"spec": {**asdict(spec), "layers": list(spec.layers)}, "device": device,
+        kwargs = {"spec": {**asdict(spec), "layers": list(spec.layers)}, "device": self.device,
                   "batch_tokens": cfg.run.batch_tokens, "store_uri": store.uri, "model_hash": plan.model_hash,
-                  "dataset_hash": data.dataset_hash, "rows_version": rows_version}
+                  "dataset_hash": plan.data.dataset_hash, "rows_version": store.rows.version(plan.data.dataset_hash)}
         with warnings.catch_warnings():
             # max_restarts=0: a dead worker fails the run (whose rerun computes only what is
             # missing) instead of Ray restarting an actor from arguments it may have lost,
@@ -240,7 +261,7 @@ def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None
                 compute=ray.data.ActorPoolStrategy(size=min(opts.num_workers, len(chunks))),  # no idle actors
                 num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None, max_restarts=0)
         bar = progress_bar(len(offsets), "extract (ray)", cfg.run.quiet, unit="item")
-        computed = tokens = 0
+        counts = LoopCounts(cached=plan.data.n_rows - len(offsets) - repeats, duplicates=repeats)
         pending: list[str] = []
         pending_keys: list[list[str]] = []
         last = time.monotonic()
@@ -251,10 +272,11 @@ def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None
             if not pending:
                 return 0
             keys = pa.array([k for ks in pending_keys for k in ks], pa.string())
-            store.commit_vector_fragments(plan.model_hash, pending, keys)
-            n = len(keys)
+            store.writer.commit_fragments(plan.model_hash, pending, keys)
             pending, pending_keys, last = [], [], time.monotonic()
-            return n
+            if on_window is not None:
+                on_window(len(keys))
+            return len(keys)
 
         try:
             for b in results.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -262,17 +284,14 @@ def extract_ray(cfg: ExtractConfig, opts: RayOptions, store: Store | None = None
                                             b.column("tokens").to_pylist()):
                     pending += frags
                     pending_keys.append(keys)
-                    tokens += tok
+                    counts.tokens += tok
                     if bar is not None:
                         bar.update(len(keys))
                 if sum(map(len, pending_keys)) >= opts.commit_rows or time.monotonic() - last >= opts.commit_seconds:
-                    computed += commit()
-            computed += commit()
+                    counts.computed += commit()
+            counts.computed += commit()
         finally:
             if bar is not None:
                 bar.close()
-        seconds = time.perf_counter() - t_run
-    finally:
-        ray.shutdown()
-    cached = data.n_rows - n_rows_missing
-    return finish(plan, store, computed, cached, n_rows_missing - len(offsets), tokens, seconds, True, t0)
+        counts.compute_seconds = time.perf_counter() - t_run
+        return counts

@@ -1,0 +1,218 @@
+"""Rewards, in the request shapes RLHF and Best-of-N frameworks already send.
+
+Every route embeds through :meth:`Service.embed` (the cache, the store, the model thread
+with single flight: a hit costs no forward pass, a miss is computed once and stored)
+and scores with a served run's ensemble (:mod:`embrm.serve.rewards`):
+
+* ``GET /v1/rms``: the reward models, servable or not (and why);
+* ``POST /v1/rewards``: embrm's native route: per item the aggregated reward, the
+  members' spread, optionally every member; JSON or Arrow;
+* ``POST /get_reward``: OpenRLHF's remote reward model (``query`` = prompt + response);
+* ``POST /v1/rerank`` (also ``/rerank``, ``/v2/rerank``): Cohere/Jina/vLLM reranking, the
+  query being the prompt and the documents its candidates;
+* ``POST /score`` (also ``/v1/score``): vLLM's score route for one prompt and candidates.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from embrm.errors import EmbrmError
+from embrm.rm.metrics import AGGREGATIONS
+from embrm.serve.deps import Svc, check_count, check_text
+from embrm.serve.errors import ApiError
+from embrm.serve.rewards import ServedRun, combine
+from embrm.serve.routes.embeddings import EmbedItem, check_items
+from embrm.serve.service import Service
+from embrm.store.wire import ARROW, to_ipc
+
+router = APIRouter()
+Aggregation = Literal["mean", "min", "single", "mean-var", "mean-std"]
+assert set(Aggregation.__args__) == set(AGGREGATIONS)  # one list of aggregations, the trainers'
+
+
+class Scored:
+    """What every reward route computes: the run, member scores and the items' facts."""
+
+    def __init__(self, run: ServedRun, scores: np.ndarray, vecs: list[Any], cached: list[bool], keys: list[str]):
+        self.run, self.scores, self.vecs, self.cached, self.keys = run, scores, vecs, cached, keys
+
+    @property
+    def tokens(self) -> int:
+        return int(sum(v.n_tokens for v in self.vecs))
+
+
+def _run(svc: Service, name: str | None) -> ServedRun:
+    try:
+        return svc.rms.get(name)
+    except LookupError as e:
+        raise ApiError(404, str(e), "rm", "rm_not_found") from None
+    except EmbrmError as e:
+        raise ApiError(400, str(e), "rm", "rm_not_servable") from None
+
+
+async def score_items(svc: Service, rm: str | None, prompts: list[str], responses: list[str]) -> Scored:
+    """Embed (cache first) and score items with one served run."""
+    run = await run_in_threadpool(_run, svc, rm)
+    vecs, cached, keys = await svc.embed(prompts, responses)
+    scores = await asyncio.wrap_future(svc.rms.score(run, vecs))
+    return Scored(run, scores, vecs, cached, keys)
+
+
+def _coef(aggregation: str, lam: float | None, beta: float | None) -> float:
+    """The coefficient of mean-var (``lambda``) or mean-std (``beta``); 1 by default."""
+    if aggregation == "mean-var":
+        return 1.0 if lam is None else lam
+    if aggregation == "mean-std":
+        return 1.0 if beta is None else beta
+    return 1.0
+
+
+def _usage(s: Scored) -> dict[str, int]:
+    return {"prompt_tokens": s.tokens, "total_tokens": s.tokens}
+
+
+# ------------------------------------------------------------------ listing
+@router.get("/v1/rms")
+async def list_rms(svc: Svc) -> dict[str, Any]:
+    runs = await run_in_threadpool(svc.rms.list, True)
+    return {"object": "list", "data": [r.listing() for r in runs]}
+
+
+# ------------------------------------------------------------------- native
+class RewardsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    items: list[EmbedItem]
+    rm: str | None = Field(None, max_length=64, description="a served reward model (default: the first)")
+    aggregation: Aggregation = "mean"
+    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, description="lambda of mean-var")
+    beta: float | None = Field(None, allow_inf_nan=False, description="beta of mean-std")
+    members: bool = Field(False, description="also return every member's reward")
+
+
+@router.post("/v1/rewards", response_model=None)
+async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
+    check_items(req.items, svc.settings.max_items)
+    s = await score_items(svc, req.rm, [it.prompt for it in req.items], [it.response for it in req.items])
+    reward, std = combine(s.scores, req.aggregation, _coef(req.aggregation, req.lam, req.beta))
+    if ARROW in request.headers.get("accept", ""):
+        cols = {"item_key": pa.array(s.keys, pa.string()), "reward": pa.array(reward, pa.float32()),
+                "std": pa.array(std, pa.float32()), "cached": pa.array(s.cached),
+                "n_tokens": pa.array([v.n_tokens for v in s.vecs], pa.int32()),
+                "truncated": pa.array([v.truncated for v in s.vecs])}
+        if req.members:
+            m = s.scores.shape[0]
+            cols["members"] = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(s.scores.T).ravel()), m)
+        return Response(to_ipc(pa.table(cols)), media_type=ARROW)
+    data = [{"index": i, "reward": float(reward[i]), "std": float(std[i]), "item_key": s.keys[i],
+             "cached": s.cached[i], "n_tokens": s.vecs[i].n_tokens, "truncated": s.vecs[i].truncated,
+             **({"members": s.scores[:, i].tolist()} if req.members else {})} for i in range(len(s.keys))]
+    return {"object": "list", "rm": s.run.name, "aggregation": req.aggregation, "model": svc.model_name,
+            "data": data, "usage": _usage(s)}
+
+
+# ----------------------------------------------------------------- OpenRLHF
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote reward model body: ``query`` is each prompt followed by its response."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: list[str]
+    prompts: list[str] | None = None
+    labels: list[Any] | None = None
+
+
+@router.post("/get_reward")
+async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Query(max_length=64)] = None,
+                     aggregation: Aggregation = "mean",
+                     lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False)] = None,
+                     beta: Annotated[float | None, Query(allow_inf_nan=False)] = None) -> dict[str, Any]:
+    """``?rm=NAME&aggregation=mean-var&lambda=0.5``: the reward model and aggregation are
+    query parameters, since OpenRLHF sends only its own fields in the body."""
+    check_count(len(req.query), svc.settings.max_items, "query")
+    if req.prompts is None or len(req.prompts) != len(req.query):
+        raise ApiError(400, f"prompts must list the prompt of each of the {len(req.query)} queries, so that each "
+                            "query splits into prompt and response", "prompts", "prompts_needed")
+    responses = []
+    for i, (q, p) in enumerate(zip(req.query, req.prompts)):
+        check_text(q, f"query[{i}]")
+        check_text(p, f"prompts[{i}]")
+        if not q.startswith(p):
+            raise ApiError(400, f"query[{i}] does not start with prompts[{i}]; each query must be its prompt followed "
+                                "by the response", f"query[{i}]", "query_without_prompt")
+        if not q:
+            raise ApiError(400, f"query[{i}] is empty: nothing to score", f"query[{i}]", "empty_input")
+        responses.append(q[len(p):])
+    s = await score_items(svc, rm, req.prompts, responses)
+    reward, std = combine(s.scores, aggregation, _coef(aggregation, lam, beta))
+    rewards = [float(x) for x in reward]
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {"reward_std": [float(x) for x in std]}}
+
+
+# ------------------------------------------------------------------ rerank
+class Document(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """Cohere's, Jina's and vLLM's rerank body; ``model`` names the reward model."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: str
+    documents: list[str | Document]
+    model: str | None = Field(None, max_length=64)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = True
+
+
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+@router.post("/rerank")
+async def rerank(svc: Svc, req: RerankRequest) -> dict[str, Any]:
+    docs = [d if isinstance(d, str) else d.text for d in req.documents]
+    check_count(len(docs), svc.settings.max_items, "documents")
+    items = [EmbedItem(prompt=req.query, response=d) for d in docs]
+    check_items(items, svc.settings.max_items, "documents")
+    s = await score_items(svc, req.model, [req.query] * len(docs), docs)
+    reward, _ = combine(s.scores, "mean", 1.0)
+    order = np.argsort(-reward, kind="stable")[: req.top_n or len(docs)]
+    results = [{"index": int(i), "relevance_score": float(reward[i]),
+                **({"document": {"text": docs[i]}} if req.return_documents else {})} for i in order]
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": s.run.name, "results": results,
+            "usage": {"total_tokens": s.tokens}}
+
+
+# ------------------------------------------------------------------- score
+class ScoreRequest(BaseModel):
+    """vLLM's ``/score`` body: ``text_1`` the prompt(s), ``text_2`` the candidates."""
+
+    model_config = ConfigDict(extra="ignore")
+    text_1: str | list[str]
+    text_2: str | list[str]
+    model: str | None = Field(None, max_length=64)
+
+
+@router.post("/v1/score")
+@router.post("/score")
+async def score(svc: Svc, req: ScoreRequest) -> dict[str, Any]:
+    t2 = [req.text_2] if isinstance(req.text_2, str) else req.text_2
+    t1 = [req.text_1] * len(t2) if isinstance(req.text_1, str) else req.text_1
+    if len(t1) != len(t2):
+        raise ApiError(400, f"text_1 has {len(t1)} texts and text_2 {len(t2)}: give one text_1, or one per text_2",
+                       "text_1", "length_mismatch")
+    items = [EmbedItem(prompt=a, response=b) for a, b in zip(t1, t2)]
+    check_items(items, svc.settings.max_items, "text_2")
+    s = await score_items(svc, req.model, t1, t2)
+    reward, _ = combine(s.scores, "mean", 1.0)
+    return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": s.run.name,
+            "data": [{"index": i, "object": "score", "score": float(r)} for i, r in enumerate(reward)],
+            "usage": _usage(s)}

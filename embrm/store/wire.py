@@ -1,0 +1,91 @@
+"""What crosses the wire between ``embrm serve`` and its client, defined once for both.
+
+Entries travel as Arrow IPC streams with the store's own column types and order, so a
+pulled entry loads exactly as a local one and the client needs only pyarrow. Uploaded
+dataset rows use the store's upload schema; reward-model runs travel as a table of
+(file name, bytes).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from embrm.store import schema as S
+
+if TYPE_CHECKING:
+    from embrm.store.catalog import Entry
+    from embrm.store.loader import EntryBatch
+
+ARROW = "application/vnd.apache.arrow.stream"
+ENTRY_KEY = b"embrm.entry"  # schema metadata of a pulled entry: its summary (JSON)
+PULL_COLUMNS = ["position", *S.ROW_COLUMNS]
+RUN_FILES_SCHEMA = pa.schema([("name", pa.string()), ("data", pa.large_binary())])
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    return {**e.summary(), "model_config": e.model_config}
+
+
+def entry_schema(e: Entry, texts: bool) -> pa.Schema:
+    """The columns of a pulled entry: rows (with texts if asked), token facts, vector."""
+    fields = [S.ROW_SCHEMA.field(n) for n in PULL_COLUMNS + (S.TEXT_COLUMNS if texts else [])]
+    value = pa.float16() if e.dtype == "float16" else pa.float32()
+    fields += [pa.field("n_tokens", pa.int32()), pa.field("truncated", pa.bool_()),
+               pa.field("vector", pa.list_(value, e.dim))]
+    return pa.schema(fields, metadata={ENTRY_KEY: json.dumps(entry_json(e)).encode()})
+
+
+def entry_batch(b: pa.RecordBatch, dim: int) -> EntryBatch:
+    """A pulled record batch as the :class:`~embrm.store.loader.EntryBatch` a local
+    stream gives."""
+    from embrm.store.loader import EntryBatch
+
+    rows = b.select([n for n in b.schema.names if n in PULL_COLUMNS or n in S.TEXT_COLUMNS])
+    flat = b.column("vector").flatten().to_numpy(zero_copy_only=False)
+    return EntryBatch(rows, flat.reshape(len(b), dim), b.column("n_tokens").to_numpy(),
+                      b.column("truncated").to_numpy(zero_copy_only=False))
+
+
+def upload_batches(rows: Iterable[dict[str, Any]], batch: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Normalised rows -> record batches of the upload schema (the client side)."""
+    buf: list[dict[str, Any]] = []
+    for r in rows:
+        buf.append({k: r[k] for k in S.UPLOAD_SCHEMA.names})
+        if len(buf) == batch:
+            yield pa.RecordBatch.from_pylist(buf, schema=S.UPLOAD_SCHEMA)
+            buf = []
+    if buf:
+        yield pa.RecordBatch.from_pylist(buf, schema=S.UPLOAD_SCHEMA)
+
+
+def run_files_ipc(files: dict[str, bytes]) -> bytes:
+    """A reward-model run's files as one Arrow IPC stream."""
+    return to_ipc(pa.table({"name": list(files), "data": list(files.values())}, schema=RUN_FILES_SCHEMA))
+
+
+def run_files_of(body: bytes) -> dict[str, bytes]:
+    """The inverse of :func:`run_files_ipc`; raises ``ValueError`` for anything else."""
+    try:
+        t = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"not an Arrow IPC stream ({str(e).splitlines()[0][:120]})") from None
+    if t.schema.names != RUN_FILES_SCHEMA.names:
+        raise ValueError(f"expected columns {RUN_FILES_SCHEMA.names}, got {t.schema.names[:5]}")
+    try:
+        t = t.cast(RUN_FILES_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        raise ValueError("columns name (string) and data (binary) have other types") from None
+    names, datas = t.column("name").to_pylist(), t.column("data").to_pylist()
+    if any(n is None for n in names) or any(d is None for d in datas) or len(set(names)) != len(names):
+        raise ValueError("every file needs a unique name and its bytes")
+    return dict(zip(names, datas))

@@ -1,0 +1,128 @@
+"""The shape the code keeps: no import circles, layers that do not reach up, one place that
+reads a store URI, and every backend behind one interface."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from embrm.cli import main as cli
+from embrm.errors import EmbrmError
+from embrm.store import LocalStore, ObjectStore, ServiceStore, Store, open_store
+
+PKG = Path(__file__).resolve().parents[1] / "embrm"
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules of embrm this file imports when it runs: at top level or inside functions,
+    but not under ``if TYPE_CHECKING:`` (annotations only)."""
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for b in node.body for n in ast.walk(b)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("embrm")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embrm") and not node.level:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(p): p for p in PKG.rglob("*.py")}
+    return {m: {i for i in _runtime_imports(p) if i in files and i != m} for m, p in files.items()}
+
+
+def test_no_module_imports_itself_back_through_others():
+    graph = _graph()
+    # a package's __init__ re-exporting its modules is not a circle of logic: leave those edges out
+    edges = {m: {d for d in deps if not (m.startswith(d + ".") and d in graph)} for m, deps in graph.items()}
+    seen: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        seen[m] = 1
+        for d in edges[m]:
+            if seen.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in seen:
+                visit(d, [*stack, d])
+        seen[m] = 2
+
+    for m in sorted(edges):
+        if m not in seen:
+            visit(m, [m])
+    assert not cycles, cycles[:5]
+
+
+@pytest.mark.parametrize("layer,forbidden", [("embrm.store", {"torch", "transformers", "embrm.rm", "embrm.serve",
+                                                                "embrm.extractor"}),
+                                             ("embrm.rm", {"transformers", "embrm.extractor", "embrm.serve"}),
+                                             ("embrm.runformat", {"torch", "embrm.store", "embrm.rm"})])
+def test_layers_do_not_reach_up(layer, forbidden):
+    bad = []
+    for p in PKG.rglob("*.py"):
+        m = _module(p)
+        if m != layer and not m.startswith(layer + "."):
+            continue
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [(m, n) for n in names if any(n == f or n.startswith(f + ".") for f in forbidden)]
+    assert not bad, bad
+
+
+def test_only_the_location_module_reads_a_store_uri():
+    """Scheme tests on store URIs live in store/location.py; everything else asks the backend."""
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        text = p.read_text()
+        if p.name == "location.py":
+            continue
+        for needle in ('startswith(("http://"', "is_remote(", '"://" in uri', "'://' in uri", "'s3://')"):
+            if needle in text:
+                offenders.append((p.relative_to(PKG), needle))
+    assert not offenders, offenders
+
+
+def test_open_store_returns_one_backend_per_kind_of_place(tmp_path):
+    local = open_store(tmp_path / "s", create=True)
+    assert isinstance(local, LocalStore) and isinstance(local, Store) and local.backend == "local disk"
+    service = open_store("http://127.0.0.1:9")
+    assert isinstance(service, ServiceStore) and service.backend == "service"
+    assert issubclass(ObjectStore, Store) and ObjectStore.backend == "object storage"
+    with pytest.raises(EmbrmError, match="scheme ftp:// is not supported"):
+        open_store("ftp://host/x")
+    with pytest.raises(EmbrmError, match=r"embrm serve is not possible on a store on service \(http://127.0.0.1:9\)"):
+        service.writable("embrm serve")
+    assert local.writable("x") is local
+
+
+def test_commands_refuse_what_a_backend_cannot_do_in_one_line(tmp_path):
+    r = CliRunner()
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    res = r.invoke(cli, ["extract", "--dataset", str(data), "--store", "http://127.0.0.1:9", "--engine", "ray"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "is a service" in res.output
+    res = r.invoke(cli, ["serve", "--store", "http://127.0.0.1:9", "--model", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "embrm serve is not possible on a store on service" in res.output
+    res = r.invoke(cli, ["extract", "--dataset", str(data), "--store", "http://127.0.0.1:9", "--server",
+                         "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "give one of them" in res.output
