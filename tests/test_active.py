@@ -360,6 +360,26 @@ def test_select_bad_input_is_one_line_and_exit_2(tmp_path):
     assert res.exit_code == 2 and res.output.startswith("error: rule dopt needs a trained reward model")
     _invoke([*cold, "--rule", "random"])
     assert len((tmp_path / "cold.jsonl").read_text().splitlines()) == 5
+    before = (tmp_path / "cold.jsonl").read_text()  # annotators may be filling it: never replaced unasked
+    (tmp_path / "multi.jsonl").write_text('{"prompt": "p", "responses": ["a", "b"]}\n')
+    (tmp_path / "dir.jsonl").mkdir()
+    pool = ["--model-key", "model-aa", "--dataset-key", "data-1111", "--budget", "3", *s]
+    c2 = ["--out", str(tmp_path / "c2.jsonl")]
+    for args, msg in [([*cold, "--rule", "random"], "exists; pass --force"),
+                      (["active", "select", *pool, "--rule", "random", "--out", str(tmp_path / "dir.jsonl")],
+                       "is a directory"),
+                      (["active", "select", *pool, "--rule", "random", *c2, "--exclude", str(tmp_path / "multi.jsonl")],
+                       "--exclude takes files of labelled pairs"),
+                      (["active", "select", *pool, "--rule", "random", *c2, "--dataset-key", "nope"], "error: "),
+                      (["active", "select", *pool, "--rm", str(tmp_path), *c2], "is not an embrm run directory")]:
+        res = r.invoke(cli, args)
+        assert res.exit_code == 2 and msg in res.output and res.output.count("\n") == 1, (args, res.output)
+    assert (tmp_path / "cold.jsonl").read_text() == before and not (tmp_path / "c2.jsonl").exists()
+    _invoke([*cold, "--rule", "random", "--seed", "1", "--force"])
+    assert (tmp_path / "cold.jsonl").read_text() != before
+    res = r.invoke(cli, ["extract", "--dataset", str(tmp_path / "cold.jsonl"), *s, "--quiet"])  # not labelled yet
+    assert res.exit_code == 2 and "record 0: winner must be 'a' or 'b', got ''" in res.output, res.output
+    assert res.output.count("\n") == 1
 
 
 def test_select_reads_local_s3_and_http_stores_alike(tmp_path, s3, tiny_model):

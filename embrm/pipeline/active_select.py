@@ -8,7 +8,7 @@ item keys::
     prompt_a, response_a, prompt_b, response_b, winner (empty), key_a, key_b
 
 Annotators fill ``winner`` with ``a`` or ``b``. The filled file is a pairwise dataset
-(the two-prompt pair shape of :mod:`embrm.extractor.datasets`): ``embrm extract`` finds
+(the two-prompt pair shape of :mod:`embrm.extractor.shapes`): ``embrm extract`` finds
 every item cached (the texts are the pool's, so are the item keys) and ``embrm train``
 trains on it. ``--exclude`` names files of pairs labelled before, in this shape or as
 ``prompt``/``chosen``/``rejected``: they are never selected again, and ``dopt-past``
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.paths import output_file
 from embrm.rm.active import RIDGE, select
 from embrm.rm.pools import MODES, candidate_pool, stored_pairs
 from embrm.rm.rules import check_rule
@@ -47,6 +48,7 @@ class SelectConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
     ridge: float = RIDGE
+    force: bool = False  # replace an existing --out (annotators may be filling it: refused otherwise)
 
     def validate(self) -> None:
         check_rule(self.rule)
@@ -58,11 +60,13 @@ class SelectConfig:
             raise EmbrmError("--budget and --candidates must be positive")
         if not self.out.endswith(SUFFIXES):
             raise EmbrmError(f"--out {Path(self.out).name}: use a .jsonl or .parquet file name")
+        output_file(self.out, self.force, "the selection")  # before the selection, not after
 
 
 def _labelled_keys(path: str) -> list[tuple[str, str]]:
     """Item-key pairs of a file of labelled pairs (two-prompt or prompt/chosen/rejected)."""
-    from embrm.extractor.datasets import PAIR2, Columns, DatasetSpec, iter_records
+    from embrm.extractor.datasets import DatasetSpec, iter_records
+    from embrm.extractor.shapes import PAIR2, Columns
     from embrm.store.keys import item_key
 
     c = Columns()
@@ -73,7 +77,7 @@ def _labelled_keys(path: str) -> list[tuple[str, str]]:
                 out.append((item_key(rec["prompt_a"], rec["response_a"]), item_key(rec["prompt_b"], rec["response_b"])))
             else:
                 out.append((item_key(rec[c.prompt], rec[c.chosen]), item_key(rec[c.prompt], rec[c.rejected])))
-        except (KeyError, AttributeError, TypeError):
+        except (KeyError, AttributeError, TypeError, UnicodeError):
             raise EmbrmError(f"{path} record {i}: --exclude takes files of labelled pairs with prompt_a, response_a, "
                              "prompt_b, response_b (what `embrm active select` writes) or prompt, chosen, rejected"
                              ) from None
@@ -114,21 +118,23 @@ def _texts(store: Any, e: Any, layer: int, rows: np.ndarray, keys: list[str]) ->
 def select_pairs(store: Any, cfg: SelectConfig) -> dict[str, Any]:
     """Choose and write the batch; returns what was done, for the CLI to print."""
     from embrm.pipeline.files import write_records
-    from embrm.rm.run import load_run
+    from embrm.rm.run import load_run, read_config
     from embrm.store.keys import short
 
     cfg.validate()
     e = store.resolve(cfg.model_key, cfg.dataset_key)
-    model, rc = load_run(Path(cfg.rm)) if cfg.rm else (None, {"model_hash": e.model_hash, "dim": e.dim,
-                                                               "layer": e.layers[0] if e.layers else None})
-    if e.model_hash != rc["model_hash"]:
+    rc = read_config(Path(cfg.rm)) if cfg.rm else {"model_hash": e.model_hash, "dim": e.dim,
+                                                   "layer": e.layers[0] if e.layers else None}
+    if e.model_hash != rc.get("model_hash"):  # checked before the weights are loaded
         raise EmbrmError(f"the reward model in {cfg.rm} was trained on vectors of {rc.get('model_name')} "
-                         f"[{short(rc['model_hash'])}], but the pool is under {e.model_name} [{short(e.model_hash)}]: "
-                         "select from the model it was trained on, or train a run on this model's vectors")
+                         f"[{short(str(rc.get('model_hash')))}], but the pool is under {e.model_name} "
+                         f"[{short(e.model_hash)}]: select from the model it was trained on, or train a run on this "
+                         "model's vectors")
     layer = rc.get("layer")
     if layer is None or layer not in e.layers or rc.get("dim") != e.dim:
         raise EmbrmError(f"the reward model in {cfg.rm} was trained on layer {layer} of dim {rc.get('dim')}; the pool "
                          f"{e.dataset_name} has layers {list(e.layers)} of dim {e.dim}")
+    model = load_run(Path(cfg.rm))[0] if cfg.rm else None
     _check_texts(store, e, layer)
     emb = store.load(e.model_hash, e.dataset_hash, layer=layer)
     keys = emb.item_key

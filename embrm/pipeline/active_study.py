@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from embrm.errors import EmbrmError
+from embrm.paths import output_dir
 from embrm.rm.active import RIDGE
 from embrm.rm.activeloop import LoopConfig, run
 from embrm.rm.evaluate import evaluate_multi, evaluate_pairs
@@ -293,6 +294,7 @@ def reproduce_active(store: Any, model_key: str, dataset_key: str, out: Path, cf
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """The study on a store entry; writes ``active.png``/``.md``/``.csv``/``.json`` to ``out``."""
     cfg.validate()
+    output_dir(out, "the study")  # before the rounds, not after
     emb = store.load(model_key, dataset_key, layer=layer)
     ds = from_embeddings(emb)
     result = run_study(ds, cfg, ns, log)

@@ -275,9 +275,10 @@ def active() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl or .parquet file to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
 @store_option
 def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, candidates, exclude, out, seed, ridge,
-                      store_uri) -> None:
+                      force, store_uri) -> None:
     """Write the next pairs to label, with their texts and an empty `winner` column."""
     from embrm.pipeline.active_select import SelectConfig, select_pairs
     from embrm.store import open_store
@@ -285,7 +286,7 @@ def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, cand
     r = select_pairs(open_store(store_uri), SelectConfig(rm=run_dir, model_key=model_key, dataset_key=dataset_key,
                                                        budget=budget, out=out, rule=rule, pairs=pairs,
                                                        candidates=candidates, exclude=tuple(exclude), seed=seed,
-                                                       ridge=ridge))
+                                                       ridge=ridge, force=force))
     click.echo(f"pool     {r['pool']} [{r['pool_hash'][:12]}] ({r['kind']}): {r['candidates']} candidate {r['mode']}; "
                f"{r['labelled']} labelled pairs excluded ({r['labelled_in_pool']} found in the pool)")
     click.echo(f"rule     {r['rule']}: selected {r['selected']} in {r['seconds']:.2f} s")
