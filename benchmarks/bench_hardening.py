@@ -106,6 +106,7 @@ def memory(d: Path, upload_mb: int) -> dict:
 
 def concurrent(d: Path, pairs: int) -> dict:
     rows = list(iter_rows(DatasetSpec(str(HH), limit=pairs)))
+    d.mkdir(parents=True, exist_ok=True)
     data = d / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": c["prompt"], "chosen": c["response"], "rejected": r["response"]})
                             + "\n" for c, r in zip(rows[0::2], rows[1::2])))
