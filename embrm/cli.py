@@ -24,6 +24,7 @@ COMMANDS = {
     "annotate": "embrm.pipeline.cli:annotate_cmd",
     "demo": "embrm.pipeline.cli:demo_cmd",
     "reproduce": "embrm.pipeline.cli:reproduce",
+    "active": "embrm.pipeline.cli:active",
 }
 
 

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from embrm.errors import EmbrmError
-from embrm.extractor.datasets import Columns, DatasetSpec, dataset_kind, iter_rows, split_hh
+from embrm.extractor.datasets import Columns, DatasetSpec, dataset_kind, iter_rows
+from embrm.extractor.shapes import split_hh
 
 from conftest import HH_RLHF
 
@@ -98,6 +99,24 @@ def test_bad_records_give_one_clear_line(tmp_path):
     p.write_text('{"prompt": "a", "responses": ["x", "y"], "rewards": [1]}\n')
     with pytest.raises(EmbrmError, match="one reward per response"):
         _rows(p)
+    pair = {"prompt_a": "p", "response_a": "x", "prompt_b": "q", "response_b": "y"}
+    for recs, msg in [([pair], "a two-prompt pair file needs a 'winner' column"),
+                      ([{**pair, "winner": "c" * 10_000}], "record 0: winner must be 'a' or 'b', got 'ccc"),
+                      ([{**pair, "winner": None}], "record 0: winner must be 'a' or 'b', got None"),
+                      ([{**pair, "winner": "a"}, {**pair, "winner": "b", "response_b": 3}],
+                       "record 1: response_b must be text, got int"),
+                      ([{**pair, "winner": "a"}, {"prompt_a": "p", "response_a": "x", "winner": "a"}],
+                       "record 1 has no column 'prompt_b'")]:
+        p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        with pytest.raises(EmbrmError, match=msg) as e:
+            _rows(p)
+        assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    p.write_text(json.dumps({**pair, "winner": ""}) + "\n" + json.dumps({**pair, "winner": " B "}) + "\n")
+    stats: dict[str, int] = {}  # an unlabelled pair is skipped whole
+    rows = list(iter_rows(DatasetSpec(str(p), skip_bad_rows=True), stats))
+    assert stats["skipped"] == 1 and [(r["prompt"], r["response"], r["role"]) for r in rows] == [
+        ("q", "y", "chosen"), ("p", "x", "rejected")]
+    assert rows[0]["prompt_id"] != rows[1]["prompt_id"]  # a prompt id each
     with pytest.raises(EmbrmError, match="cannot read d.txt"):
         (tmp_path / "d.txt").write_text("x")
         _rows(tmp_path / "d.txt")

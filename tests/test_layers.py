@@ -59,7 +59,8 @@ def test_reproduce_layers_writes_outputs_equal_to_separate_training_runs(tmp_pat
             correct, per_fold = [], []
             for f, (tr, va, te) in enumerate(cv_splits(ds.n_prompts, 3, 0.2, 1)):
                 dc = DataConfig(seed=1)
-                model = train(ds.x, make_training_pairs(ds, dc, tr), make_training_pairs(ds, dc, va, 1000),
+                model = train(ds.x, make_training_pairs(ds, dc, tr),
+                              make_training_pairs(ds, dc, va, 1000, held_out=True),
                               TrainConfig(method=method, seed=1 + f))
                 score = model.score(ds.x).mean(0)
                 test = np.isin(ds.pairs.prompt, te)

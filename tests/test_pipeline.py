@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -157,11 +158,20 @@ def test_generate_annotate_extract_train_chain_and_reproduce(tmp_path, tiny_mode
     rc = ReproduceConfig(qualities=(-1.0, 1.0), members=2, hidden=(16,), epochs=3)
     rows = reproduce_ensemble(open_store(tmp_path / "s"), r.model_hash, r.dataset_hash, tmp_path / "rep", rc,
                               log=lambda s: None)
-    assert len(rows) == 2 * 2 * 3 + 1 and {x["aggregation"] for x in rows[:-1]} == {"mean", "min", "single"}
+    assert len(rows) == 2 * 2 * 4 + 1 and {x["aggregation"] for x in rows[:-1]} == {"mean", "min", "single", "mean-var"}
     assert rows[-1]["aggregation"].startswith("oracle") and rows[-1]["bon@4"] >= max(x["bon@4"] for x in rows[:-1])
     for f in ("ensemble.png", "ensemble.md", "ensemble.csv", "ensemble.json"):
         assert (tmp_path / "rep" / f).exists()
     assert "bon@4" in rows[0] and (tmp_path / "rep" / "runs" / "bt-perfect" / "bon.png").exists()
+    rc = ReproduceConfig(methods=("bt",), qualities=(1.0,), members=2, hidden=(16,), epochs=3, seeds=3)
+    rows = reproduce_ensemble(open_store(tmp_path / "s"), r.model_hash, r.dataset_hash, tmp_path / "rep3", rc,
+                              log=lambda s: None)
+    runs = [json.loads((tmp_path / "rep3" / "runs" / f"bt-beta1-s{s}" / "metrics.json").read_text()) for s in range(3)]
+    per_seed = [m["aggregations"]["min"]["bon"][-1] for m in runs]
+    mean_row = next(x for x in rows if x["aggregation"] == "min")
+    assert mean_row["bon@4"] == pytest.approx(np.mean(per_seed), abs=1e-4)
+    assert mean_row["bon@4_ci"] == pytest.approx(4.303 * np.std(per_seed, ddof=1) / np.sqrt(3), rel=1e-3, abs=1e-4)
+    assert " +- " in (tmp_path / "rep3" / "ensemble.md").read_text()
 
 
 @pytest.mark.slow

@@ -203,6 +203,34 @@ def test_member_groups_give_the_same_rewards_and_gradients():
     assert members_per_group(10, 10**7, (4096,), 4) == 1 and members_per_group(10, 10**7, (), 4) == 10
 
 
+def test_members_scoring_the_same_rows_equal_plain_per_member_matmuls():
+    """The shared-rows path (first layer as one matmul over every member's columns)
+    against each member's layers applied one by one, for values and gradients."""
+    import torch
+
+    from embrm.rm.models import EnsembleMLP
+
+    gen = torch.Generator().manual_seed(1)
+    for hidden in ((), (8,), (8, 4)):
+        net = EnsembleMLP(4, 6, hidden, seed=2)
+        x = torch.randn(9, 6, generator=gen, requires_grad=True)
+        got = net(x)
+        want = []
+        for m in range(4):
+            h = x
+            for i, (w, b) in enumerate(zip(net.weights, net.biases)):
+                h = h @ w[m] + b[m]
+                h = torch.relu(h) if i < len(hidden) else h
+            want.append(h.squeeze(-1))
+        want = torch.stack(want)
+        torch.testing.assert_close(got, want)
+        weights = torch.arange(1.0, 37.0).view(4, 9)
+        g_got = torch.autograd.grad((got * weights).sum(), [x, *net.weights])
+        g_want = torch.autograd.grad((want * weights).sum(), [x, *net.weights])
+        for a, b in zip(g_got, g_want):
+            torch.testing.assert_close(a, b)
+
+
 def test_bf16_and_fp32_training_agree():
     """bf16 compute (embeddings cast once) learns the same ranking as fp32."""
     x, r = _synthetic(p=200, d=12)

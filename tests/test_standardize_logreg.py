@@ -118,6 +118,28 @@ def test_standardisation_statistics_come_from_training_items_only(method):
                                          lgbm_rounds=5)).standardizer is None
 
 
+def test_active_learning_sees_the_standardised_features_and_a_warm_start_keeps_its_statistics():
+    """Selection's penultimate features are those the net was trained on: for a linear
+    model, the standardised embedding, so features @ last layer are the model's scores.
+    A warm start (``init``) continues on the statistics of the model it starts from."""
+    from embrm.rm.active import item_features
+
+    x, r = _scaled(p=60)
+    tr, va = split_prompts(len(r), 0.25, 0)
+    tp = build_pairs(r, tr, 3, "within", "random", -1, None, 0)
+    vp = build_pairs(r, va, 3, "within", "random", -1, None, 1)
+    for method in ("linear", "logreg"):
+        model = train(x, tp, vp, TrainConfig(method=method, standardize=True, max_epochs=2))
+        f, w = item_features(model, x)
+        np.testing.assert_allclose(f[0], (x - model.standardizer.mean) / model.standardizer.std, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(np.einsum("mnf,mf->mn", f, w), model.score(x), rtol=1e-4, atol=1e-4)
+    first = train(x, tp, vp, TrainConfig(method="linear", standardize=True, max_epochs=2))
+    more = build_pairs(r, tr, 6, "within", "random", -1, None, 2)  # another, larger training set
+    again = train(x, more, vp, TrainConfig(method="linear", standardize=True, max_epochs=2), init=first)
+    assert again.standardizer is first.standardizer and again.config.standardize is True
+
+
 def _store(path, x: np.ndarray, r: np.ndarray):
     return store_entry(path, x, r, "scaled-model", "scaled-data")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from embrm.lazy import lazy_exports
 
 _NAMES = {
-    "Columns": "embrm.extractor.datasets",
+    "Columns": "embrm.extractor.shapes",
     "DatasetSpec": "embrm.extractor.datasets",
     "iter_rows": "embrm.extractor.datasets",
     "Embedder": "embrm.extractor.embedder",

@@ -1,5 +1,6 @@
-"""``embrm generate``, ``annotate``, ``demo``, ``reproduce`` (``ensemble``, ``layers``), and
-``score`` / ``rerank`` (reward models on stored entries or on new texts)."""
+"""``embrm generate``, ``annotate``, ``demo``, ``reproduce`` (``ensemble``, ``layers``),
+``score`` / ``rerank`` (reward models on stored entries or on new texts) and ``active
+select`` (the next pairs to label)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,6 +11,7 @@ import click
 
 from embrm.extractor.cli import dataset_options, dataset_spec
 from embrm.options import FINITE, FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
+from embrm.rm.rules import RULES as RULE_NAMES
 
 
 def _quiet_hf(quiet: bool) -> None:
@@ -110,14 +112,18 @@ def reproduce() -> None:
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ensembles per setting (seeds --seed, --seed + 1, ...); tables and bands show 95% intervals.")
+@click.option("--pairs-per-prompt", type=click.IntRange(min=1), default=10, show_default=True)
 @store_option
-def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed,
-                           store_uri) -> None:
-    """Mean vs min vs single ensembles across annotation qualities: one figure, one table."""
+def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, methods, hidden, bon, seed, seeds,
+                           pairs_per_prompt, store_uri) -> None:
+    """Mean vs min vs single vs mean-var ensembles across annotation qualities: one figure, one table."""
     from embrm.pipeline.reproduce import ReproduceConfig, markdown, reproduce_ensemble
     from embrm.store import open_store
 
-    rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed)
+    rc = ReproduceConfig(methods=methods, qualities=qualities, members=members, hidden=hidden, seed=seed, seeds=seeds,
+                         pairs_per_prompt=pairs_per_prompt)
     rows = reproduce_ensemble(open_store(store_uri), model_key, dataset_key, Path(out), rc, list(bon) if bon else None,
                               log=click.echo)
     click.echo(markdown(rows))
@@ -230,3 +236,90 @@ def rerank_cmd(run_dir, out, aggregation, coef, force, **kw) -> None:
     data, store, run = _new_texts(kw)
     res = rerank_texts(Path(run_dir), data, store, Path(out), run, aggregation, coef, force)
     click.echo(f"{res['prompts']} prompts, {res['items']} candidates: best of each -> {res['out']}")
+
+
+@reproduce.command("active")
+@click.option("--model-key", required=True)
+@click.option("--dataset-key", required=True,
+              help="Multi-response with golden rewards (simulated annotator), or pairwise (its own labels).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--rules", type=ChoiceList(RULE_NAMES), default=",".join(RULE_NAMES), show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--per-round", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs labelled a round.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Runs of each rule (seeds 0..n-1).")
+@click.option("--pairs", type=click.Choice(["within", "cross"]), default="within", show_default=True)
+@click.option("--annotation-quality", type=float, default=-1.0, show_default=True,
+              help="beta of the simulated annotator; negative means perfect.")
+@click.option("--prompts-per-round", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Prompts drawn a round to build candidates from.")
+@click.option("--candidates", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Candidate pairs a round (within: at most every pair of the drawn prompts).")
+@click.option("--method", type=click.Choice(["bt", "clf", "linear"]), default="bt", show_default=True)
+@click.option("--hidden", type=SIZES, default="64", show_default=True)
+@click.option("--members", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Ensemble size of every rule's model (disagreement needs 2 or more).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--warm-start", is_flag=True, help="Start each round from the last round's model.")
+@click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="D-optimal prior, in units of one average candidate's information.")
+@click.option("--val-frac", type=float, default=0.2, show_default=True, help="Prompts held out for evaluation.")
+@click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
+@click.option("--layer", type=int, default=None, help="Stored layer (default: the first).")
+@store_option
+def reproduce_active_cmd(model_key, dataset_key, out, rules, rounds, per_round, seeds, pairs, annotation_quality,
+                         prompts_per_round, candidates, method, hidden, members, lr, weight_decay, warm_start, ridge,
+                         val_frac, bon, layer, store_uri) -> None:
+    """Active reward modeling: selection rules side by side as labels accumulate."""
+    from embrm.pipeline.active_study import ActiveStudyConfig, markdown, reproduce_active
+    from embrm.store import open_store
+
+    cfg = ActiveStudyConfig(rules=rules, rounds=rounds, per_round=per_round, seeds=seeds, pairs=pairs,
+                            annotation_quality=annotation_quality, prompts_per_round=prompts_per_round,
+                            candidates=candidates, method=method, hidden=hidden, members=members, lr=lr,
+                            weight_decay=weight_decay, warm_start=warm_start, ridge=ridge, val_frac=val_frac)
+    result = reproduce_active(open_store(store_uri), model_key, dataset_key, Path(out), cfg,
+                              list(bon) if bon else None, layer, log=click.echo)
+    click.echo(markdown(result), nl=False)
+    click.echo(f"wrote {out}/active.png, active.md, active.csv, active.json")
+
+
+@click.group("active")
+def active() -> None:
+    """Active reward modeling: choose which pairs annotators label next."""
+
+
+@active.command("select")
+@click.option("--rm", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="A run directory of `embrm train` (its model picks the pairs); not needed for --rule random.")
+@click.option("--model-key", required=True, help="The model the run was trained on.")
+@click.option("--dataset-key", required=True, help="The pool: a multi-response, pointwise or pairwise entry.")
+@click.option("--budget", required=True, type=int, help="Pairs to select.")
+@click.option("--rule", type=click.Choice(RULE_NAMES), default="dopt", show_default=True)
+@click.option("--pairs", type=click.Choice(["within", "cross"]), default="within", show_default=True,
+              help="Pairs within a prompt, or across two prompts (a pairwise pool uses its stored pairs).")
+@click.option("--candidates", type=click.IntRange(min=1), default=200_000, show_default=True,
+              help="Cross-prompt pairs drawn (within: all pairs, or this many at random).")
+@click.option("--exclude", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A file of labelled pairs: never selected again, and counted by dopt-past. Repeatable.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .jsonl or .parquet file to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ridge", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
+@store_option
+def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, candidates, exclude, out, seed, ridge,
+                      force, store_uri) -> None:
+    """Write the next pairs to label, with their texts and an empty `winner` column."""
+    from embrm.pipeline.active_select import SelectConfig, select_pairs
+    from embrm.store import open_store
+
+    r = select_pairs(open_store(store_uri), SelectConfig(rm=run_dir, model_key=model_key, dataset_key=dataset_key,
+                                                       budget=budget, out=out, rule=rule, pairs=pairs,
+                                                       candidates=candidates, exclude=tuple(exclude), seed=seed,
+                                                       ridge=ridge, force=force))
+    click.echo(f"pool     {r['pool']} [{r['pool_hash'][:12]}] ({r['kind']}): {r['candidates']} candidate {r['mode']}; "
+               f"{r['labelled']} labelled pairs excluded ({r['labelled_in_pool']} found in the pool)")
+    click.echo(f"rule     {r['rule']}: selected {r['selected']} in {r['seconds']:.2f} s")
+    click.echo(f"wrote    {r['out']}: fill `winner` with a or b, then `embrm extract --dataset {r['out']}` "
+               "(same model options as the pool) and `embrm train`")

@@ -83,7 +83,7 @@ def held_out(scores: np.ndarray, ds: Dataset, prompts: np.ndarray, bon_n: int | 
     """
     if ds.gold is None:
         assert ds.pairs is not None
-        p = ds.pairs.subset(np.isin(ds.pairs.prompt, prompts))
+        p = ds.pairs.subset(ds.pairs.among(prompts, held_out=True))
         d = scores[p.a] - scores[p.b]
         return {"accuracy": np.where(d == 0, 0.5, (d > 0) == (p.y > 0.5)).astype(float)}
     k = ds.gold.shape[1]
@@ -146,7 +146,8 @@ def reproduce_layers(store: Any, model_key: str, dataset_key: str, out: Path, lc
             for f, (tr, va, te) in enumerate(splits):
                 cfg = TrainConfig(method=method, ensemble=lc.members, hidden=lc.hidden, seed=lc.seed + f,
                                   standardize=lc.standardize)
-                model = train(ds.x, make_training_pairs(ds, dc, tr), make_training_pairs(ds, dc, va, 1000), cfg)
+                model = train(ds.x, make_training_pairs(ds, dc, tr),
+                              make_training_pairs(ds, dc, va, 1000, held_out=True), cfg)
                 for name, v in held_out(aggregate(model.score(ds.x), "mean"), ds, te, lc.bon_n).items():
                     per.setdefault(name, []).append(v)
             units[(label, method)] = per

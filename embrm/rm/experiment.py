@@ -70,26 +70,30 @@ def from_embeddings(emb: Embeddings) -> Dataset:
         p, k, d = v.shape
         return Dataset(v.reshape(p * k, d), p, np.repeat(np.arange(p), k), gold=r)
     if emb.kind == "pairwise":
-        v, pids = emb.pairwise()
-        n = len(v)
-        _, prompt_index = np.unique(pids, return_inverse=True)
+        rows = emb.pair_rows()  # (pairs, 2): chosen, rejected; a cross-prompt pair has two prompt ids
+        n = len(rows)
+        _, prompt_index = np.unique(emb.prompt_id[rows], return_inverse=True)
+        prompt_index = prompt_index.reshape(n, 2)
         a, b = np.arange(n) * 2, np.arange(n) * 2 + 1
-        return Dataset(v.reshape(2 * n, -1), int(prompt_index.max()) + 1, np.repeat(prompt_index, 2),
-                       pairs=Pairs(a, b, np.ones(n, np.float32), prompt_index))
+        cross = bool((prompt_index[:, 0] != prompt_index[:, 1]).any())
+        return Dataset(emb.vectors[rows].reshape(2 * n, -1), int(prompt_index.max()) + 1, prompt_index.reshape(-1),
+                       pairs=Pairs(a, b, np.ones(n, np.float32), prompt_index[:, 0],
+                                   prompt_index[:, 1] if cross else None))
     raise EmbrmError(f"cannot train on a {emb.kind} entry without rewards: use multi-response or pairwise data")
 
 
-def make_training_pairs(ds: Dataset, dc: DataConfig, prompts: np.ndarray, seed_offset: int = 0) -> Pairs:
+def make_training_pairs(ds: Dataset, dc: DataConfig, prompts: np.ndarray, seed_offset: int = 0,
+                        held_out: bool = False) -> Pairs:
     """Pairs over ``prompts``: simulated annotations (multi) or the given ones (pairwise),
-    shown in random order so a model cannot learn 'first is better'."""
+    shown in random order so a model cannot learn 'first is better'. A given pair of two
+    prompts belongs to training prompts when both are, to held-out ones when either is
+    (:meth:`Pairs.among`)."""
     if ds.gold is not None:
         return build_pairs(ds.gold, prompts, dc.pairs_per_prompt, dc.pairs, dc.diversity, dc.annotation_quality,
                            dc.scale, dc.seed + seed_offset)
     assert ds.pairs is not None
-    keep = np.isin(ds.pairs.prompt, prompts)
-    p = ds.pairs.subset(keep)
-    swap = np.random.default_rng(dc.seed + seed_offset).random(len(p)) < 0.5
-    return Pairs(np.where(swap, p.b, p.a), np.where(swap, p.a, p.b), np.where(swap, 1 - p.y, p.y), p.prompt)
+    p = ds.pairs.subset(ds.pairs.among(prompts, held_out))
+    return p.swapped(np.random.default_rng(dc.seed + seed_offset).random(len(p)) < 0.5)
 
 
 def evaluate_dataset(model: RewardModel, ds: Dataset, prompts: np.ndarray, ns: list[int] | None = None,
@@ -101,7 +105,7 @@ def evaluate_dataset(model: RewardModel, ds: Dataset, prompts: np.ndarray, ns: l
         s = scores.reshape(scores.shape[0], -1, k)[:, prompts]
         return evaluate_multi(s, ds.gold[prompts], ns, coef=coef, seed=seed), scores
     assert ds.pairs is not None
-    p = ds.pairs.subset(np.isin(ds.pairs.prompt, prompts))
+    p = ds.pairs.subset(ds.pairs.among(prompts, held_out=True))
     return evaluate_pairs(scores, p.a, p.b, p.y, coef=coef), scores
 
 
@@ -121,7 +125,7 @@ def write_outputs(out: Path, metrics: dict[str, Any], scores: np.ndarray, ds: Da
         ece, conf, acc, cnt = expected_calibration_error(sa[keep], sb[keep], (ga > gb)[keep].astype(float))
     else:
         assert ds.pairs is not None
-        p = ds.pairs.subset(np.isin(ds.pairs.prompt, prompts))
+        p = ds.pairs.subset(ds.pairs.among(prompts, held_out=True))
         ece, conf, acc, cnt = expected_calibration_error(s[p.a], s[p.b], p.y)
     calibration(conf, acc, cnt, ece, out / "calibration.png", title)
     metrics["calibration"] = {"aggregation": "mean", "ece": ece, "confidence": conf.tolist(), "frequency": acc.tolist(),
@@ -156,7 +160,7 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
     ds = from_embeddings(emb)
     train_p, val_p = split_prompts(ds.n_prompts, dc.val_frac, dc.seed)
     tp = make_training_pairs(ds, dc, train_p)
-    vp = make_training_pairs(ds, dc, val_p, seed_offset=1000)
+    vp = make_training_pairs(ds, dc, val_p, seed_offset=1000, held_out=True)
     grid: list[dict[str, Any]] | None = None
     if tune:
         from embrm.rm.tune import summary

@@ -145,6 +145,20 @@ def expected_calibration_error(score_a: np.ndarray, score_b: np.ndarray, y: np.n
     return binned_calibration(p, np.concatenate([y, 1 - y]), bins)
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean of the finite values and the half-width of its 95% t-interval (0 for one value):
+    with a handful of seeds, a normal interval would be too narrow."""
+    from scipy.stats import t
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), 0.0
+    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
 def nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, float)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")

@@ -77,12 +77,43 @@ class EnsembleMLP(nn.Module):
         out = []
         for g, layers in enumerate(self._layers(table.dtype, group)):
             if index is None:
-                h = table.expand(len(layers[0][0]), *table.shape)
-            else:
-                idx = index[g * group:(g + 1) * group]
-                h = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+                out.append(self._chain_shared(table, layers))
+                continue
+            idx = index[g * group:(g + 1) * group]
+            h = table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
             out.append(self._chain(h, layers))
         return torch.cat(out)
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(M, N, F)``: each member's input to its last layer for rows ``x`` (N, D).
+
+        The reward is ``penultimate(x) @ w_last + b_last``, so these are the features in
+        which the last layer is a linear Bradley-Terry model: active learning's Fisher
+        information lives there (:mod:`embrm.rm.active`). For a linear model (no hidden
+        layer) they are the embedding itself, F = D.
+        """
+        layers = self._layers(x.dtype, self.members)[0]
+        h = x.expand(self.members, *x.shape)
+        for w, b in layers[:-1]:
+            h = torch.relu(torch.baddbmm(b, h, w))
+        return h
+
+    def last_layer(self) -> torch.Tensor:
+        """``(M, F)``: each member's last-layer weights (its bias cancels in a pair's score difference)."""
+        return self.weights[-1].detach()[:, :, 0]
+
+    def _chain_shared(self, x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Every member of a group scores the same rows ``x`` (N, D): the first layer is then
+        one (N, D) x (D, G*H) matmul instead of G batched ones over a broadcast copy of
+        ``x``, 1.3x the items per second for 5 members of (1024, 512) on the 2-core machine
+        (the same numbers to float32 rounding)."""
+        (w, b), rest = layers[0], layers[1:]
+        g, d, h1 = w.shape
+        h = torch.addmm(b.permute(1, 0, 2).reshape(1, g * h1), x, w.permute(1, 0, 2).reshape(d, g * h1))
+        h = h.view(len(x), g, h1).transpose(0, 1)
+        if not rest:
+            return h.squeeze(-1)
+        return self._chain(torch.relu_(h), rest)
 
     def _layers(self, dtype: torch.dtype, group: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Per member group, each layer's (weight, bias) in ``dtype``: one cast and one split

@@ -21,19 +21,44 @@ class Pairs:
     """Pairs of flat item indices (into a ``(prompts * K)`` array) and labels.
 
     ``y[i] = 1`` means item ``a[i]`` won. ``prompt`` is the prompt of ``a`` (the prompt
-    a pair belongs to, for splits).
+    a pair belongs to, for splits); ``prompt_b`` is the prompt of ``b`` where a pair may
+    compare responses to two different prompts (None: the same as ``prompt``).
     """
 
     a: np.ndarray
     b: np.ndarray
     y: np.ndarray
     prompt: np.ndarray
+    prompt_b: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.a)
 
     def subset(self, mask: np.ndarray) -> Pairs:
-        return Pairs(self.a[mask], self.b[mask], self.y[mask], self.prompt[mask])
+        return Pairs(self.a[mask], self.b[mask], self.y[mask], self.prompt[mask],
+                     None if self.prompt_b is None else self.prompt_b[mask])
+
+    def swapped(self, mask: np.ndarray) -> Pairs:
+        """The same pairs with ``a`` and ``b`` (their prompts and the label) swapped where ``mask``."""
+        pb = self.prompt if self.prompt_b is None else self.prompt_b
+        return Pairs(np.where(mask, self.b, self.a), np.where(mask, self.a, self.b),
+                     np.where(mask, 1 - self.y, self.y), np.where(mask, pb, self.prompt),
+                     None if self.prompt_b is None else np.where(mask, self.prompt, pb))
+
+    def among(self, prompts: np.ndarray, held_out: bool = False) -> np.ndarray:
+        """Mask of the pairs that belong to a split of ``prompts``.
+
+        A pair belongs to each of its prompts' groups. For training (``held_out=False``)
+        both its prompts must be among ``prompts``; for held-out prompts, either one. So
+        a cross-prompt pair with one held-out prompt is never trained on (nothing of a
+        held-out prompt is), and it is evaluated, where its other response belongs to a
+        training prompt. With one prompt per pair both rules are the same.
+        """
+        a = np.isin(self.prompt, prompts)
+        if self.prompt_b is None:
+            return a
+        b = np.isin(self.prompt_b, prompts)
+        return a | b if held_out else a & b
 
 
 def split_prompts(n_prompts: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

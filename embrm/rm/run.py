@@ -27,7 +27,7 @@ from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.standardize import Standardizer
 from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
-from embrm.runformat import RUN_FORMAT, STATS, WEIGHTS, read_config
+from embrm.runformat import CONFIG, RUN_FORMAT, STATS, WEIGHTS, read_config
 
 __all__ = ["load_run", "read_config", "save_run", "write_json"]
 
@@ -48,7 +48,7 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
         save_file(model.standardizer.tensors(), str(out / STATS))
     else:
         (out / STATS).unlink(missing_ok=True)  # a rerun into the same directory must not inherit old statistics
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / CONFIG).write_text(json.dumps(cfg, indent=2))
     return out
 
 

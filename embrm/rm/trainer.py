@@ -248,12 +248,15 @@ class MemberSettings:
 
 
 def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
-          members: MemberSettings | None = None) -> RewardModel:
+          members: MemberSettings | None = None, init: RewardModel | None = None) -> RewardModel:
     """Train an ensemble on item embeddings ``x`` (N, D) and index pairs into it.
 
     ``members`` gives each member its own learning rate, weight decay and loss (a
     hyperparameter grid as one batched ensemble, see :mod:`embrm.rm.tune`); by default
     every member uses ``cfg.lr``, ``cfg.weight_decay`` and ``cfg.method``'s loss.
+    ``init`` starts an MLP or linear ensemble from a trained model's weights instead of a
+    fresh initialisation (warm starts of active learning), on that model's features: its
+    standardisation statistics, if it has them, not new ones from ``train_pairs``.
     """
     cfg.validate()
     x = check_embeddings(x, "embeddings")
@@ -262,7 +265,10 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     for p in (train_pairs, val_pairs):
         if max(p.a.max(), p.b.max()) >= len(x):
             raise EmbrmError("pairs refer to items beyond the embeddings array")
-    std = Standardizer.fit(x, train_pairs) if cfg.standardizes else None
+    if init is not None and init.net is not None and cfg.method not in ("logreg", "logreg-clf", "lgbm"):
+        std = init.standardizer  # a warm start continues on the features its weights were trained on
+    else:
+        std = Standardizer.fit(x, train_pairs) if cfg.standardizes else None
     cfg = replace(cfg, standardize=std is not None)  # the run records what was done, not "default"
     if cfg.method in ("logreg", "logreg-clf"):
         return _train_logreg(x, train_pairs, val_pairs, cfg, std)
@@ -274,6 +280,8 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     device = resolve_device(cfg.device)
     hidden, bias = net_shape(cfg)
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
+    if init is not None and init.net is not None:
+        net.load_state(init.net.state())
     params = [p for p in net.parameters() if p.requires_grad]
     clf = torch.full((cfg.ensemble,), True, device=device) if cfg.method == "clf" else None
     if members is None:

@@ -98,19 +98,31 @@ class Embeddings:
         """``(pairs, 2, D)`` with the chosen response first, and each pair's prompt id.
 
         Records that share a prompt text share a prompt id (so splits by prompt id are
-        prompt-disjoint); the m-th record of a prompt has response indices 2m and 2m + 1,
-        so a pair is the two rows of one prompt id and one ``response_index // 2``.
+        prompt-disjoint). The prompt id is the chosen response's: a pair whose two
+        responses answer different prompts (a cross-prompt pair) has a second one,
+        ``prompt_id[pair_rows()[:, 1]]``.
+        """
+        rows = self.pair_rows()
+        return self.vectors[rows], self.prompt_id[rows[:, 0]]
+
+    def pair_rows(self) -> np.ndarray:
+        """``(pairs, 2)`` row indices of each record's chosen and rejected rows.
+
+        A record's two rows are consecutive in dataset order (the readers write them so),
+        which holds whether they share a prompt or not. Pairs come grouped by the prompt
+        id of their first row, in record order within a prompt.
         """
         if self.kind != "pairwise":
             raise EmbrmError(f"entry is {self.kind}, not pairwise; use multi() or pointwise()")
-        order = np.lexsort((self.response_index, self.prompt_id))
-        pid, half = self.prompt_id[order], self.response_index[order] // 2
-        if len(order) % 2 or not (np.array_equal(pid[0::2], pid[1::2]) and np.array_equal(half[0::2], half[1::2])):
+        role = self.role
+        n = len(role)
+        first, second = role[0::2], role[1::2]
+        if n % 2 or not (((first == "chosen") & (second == "rejected"))
+                         | ((first == "rejected") & (second == "chosen"))).all():
             raise EmbrmError("pairwise entry has a record with one of its two responses missing")
-        v = self.vectors[order].reshape(-1, 2, self.dim)
-        swap = self.role[order].reshape(-1, 2)[:, 0] != "chosen"
-        v[swap] = v[swap][:, ::-1]
-        return v, pid[0::2]
+        rows = np.arange(n).reshape(-1, 2)
+        rows = np.where((first == "chosen")[:, None], rows, rows[:, ::-1])
+        return rows[np.lexsort((self.response_index[0::2], self.prompt_id[0::2]))]
 
     def pointwise(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, D)`` vectors and one target per row: the label, else the reward."""
