@@ -145,7 +145,7 @@ class Tables(ABC):
             return ds
         try:
             fragments = [] if data is None or len(data) == 0 else lance.fragment.write_fragments(
-                data.cast(schema), self.path(name), schema=schema, storage_options=self.lance_options)
+                data.cast(schema), self.path(name), schema=schema, mode="create", storage_options=self.lance_options)
             return lance.LanceDataset.commit(self.path(name), LanceOperation.Overwrite(schema, fragments),
                                              max_retries=0, enable_v2_manifest_paths=True,
                                              storage_options=self.lance_options)
