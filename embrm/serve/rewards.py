@@ -169,8 +169,9 @@ class Scorer:
 
     A head is a few matmuls, and small ones waste much of a CPU core's throughput: on the
     2-core dev machine the default 5-member ensemble scored 6,600 items/s at 64 rows a
-    call and 10,900 at 512 (``benchmarks/bench_reward.py``). So requests queue their items here; the thread takes everything queued (up
-    to ``max_items``), scores each run's items at once and hands each request its rows.
+    call and 10,900 at 512 (``benchmarks/bench_reward.py``). So requests queue their
+    items here; the thread takes everything queued (up to ``max_items``), scores each
+    run's items at once and hands each request its rows.
     Results do not depend on the company a request had (float32, row-independent).
     """
 
