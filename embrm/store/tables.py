@@ -132,8 +132,9 @@ class Tables(ABC):
         jobs on a new bucket) all end with the one table.
 
         Not ``write_dataset(mode="create")``: Lance rebases a create that lost the race for
-        version 1 onto the winner's table as an overwrite at version 2 (lance#4451), which
-        on object storage was seen to wipe rows another writer had already merged. A commit
+        version 1 onto the winner's table as an overwrite at version 2 (lance#4451): an
+        overwrite drops whatever another writer merged before it, and on S3 it made a
+        concurrent writer's merge fail as an incompatible transaction. A commit
         with no retries cannot be rebased: exactly one creator gets version 1 and every
         other one fails and opens it (10 of 10 rounds of six racing creators, local and S3;
         ``mode="create"`` made two tables in 3 to 7 of 10).
