@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from embrm import __version__
+from embrm import __version__, methods
 from embrm.errors import EmbrmError
 
 RUN_FORMAT = 2  # format 2 added standardisation statistics and logistic regression
@@ -32,7 +32,6 @@ FILE_NAME = re.compile(r"config\.json|metrics\.json|weights\.safetensors|standar
                        r"|lgbm_\d{1,4}\.txt|[a-z0-9][a-z0-9_\-]{0,63}\.png")
 MAX_FILE_BYTES = 1 << 30
 MAX_JSON_BYTES = 64 << 20
-NEURAL = ("bt", "clf", "linear", "logreg", "logreg-clf")  # weights.safetensors (logreg as a linear net)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -115,16 +114,17 @@ def check_files(files: dict[str, bytes], where: str) -> dict[str, Any]:
         header = check_safetensors(files[STATS], None, cfg["dim"], where, STATS)
         if any(not isinstance(header.get(k), dict) or header[k]["shape"] != [cfg["dim"]] for k in ("mean", "std")):
             raise EmbrmError(f"{where}: {STATS} does not hold a mean and a std of dim {cfg['dim']}")
-    if method == "lgbm":
-        want = {f"lgbm_{i}.txt" for i in range(members)}
-        if not want <= set(files):
-            raise EmbrmError(f"{where}: a LightGBM run of {members} members needs lgbm_0.txt .. lgbm_{members - 1}.txt")
-    elif method in NEURAL:
-        if WEIGHTS not in files:
-            raise EmbrmError(f"{where}: a {method} run needs {WEIGHTS}")
-        check_safetensors(files[WEIGHTS], members, cfg["dim"], where, WEIGHTS)
-    else:
-        raise EmbrmError(f"{where}: unknown method {method!r} in config.json")
+    # what the method's files must hold, from the method object (embrm.methods: the one registry)
+    try:
+        expected = methods.get(method).files(cfg["train"], cfg["dim"])
+    except EmbrmError as e:
+        raise EmbrmError(f"{where}: {e}") from None
+    for name, tensors in expected.items():
+        if name not in files:
+            raise EmbrmError(f"{where}: a {method} run of {members} members needs {name}")
+        if tensors is not None:
+            header = check_safetensors(files[name], members if "w0" in tensors else None, cfg["dim"], where, name)
+            check_tensors(header, tensors, where, name)
     return cfg
 
 
@@ -165,6 +165,17 @@ def check_safetensors(raw: bytes, members: int | None, dim: int, where: str, nam
     if not isinstance(w0, dict) or len(w0["shape"]) != 3 or w0["shape"][:2] != [members, dim]:
         raise EmbrmError(f"{where}: {name} does not hold {members} members of input dim {dim}")
     return header
+
+
+def check_tensors(header: dict[str, Any], expected: dict[str, list[int]], where: str, name: str) -> None:
+    """Every tensor the method expects, in exactly its shape, and no other."""
+    got = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+    for key, shape in expected.items():
+        if got.get(key) != shape:
+            raise EmbrmError(f"{where}: tensor {key} of {name} should have shape {shape}, has {got.get(key)}")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise EmbrmError(f"{where}: {name} holds a tensor {extra[0][:40]!r} that this method's runs do not have")
 
 
 def read_files(run_dir: Path) -> dict[str, bytes]:

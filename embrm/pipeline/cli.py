@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from embrm.extractor.cli import dataset_options, dataset_spec
-from embrm.options import FINITE, FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
+from embrm.options import FINITE, FLOATS, METHOD_LIST, NS, SIZES, ChoiceList, store_option
 from embrm.rm.rules import RULES as RULE_NAMES
 
 
@@ -108,7 +108,7 @@ def reproduce() -> None:
 @click.option("--members", type=int, default=5, show_default=True)
 @click.option("--qualities", type=FLOATS, default="-1,10,1,0.3", show_default=True,
               help="Annotation qualities (beta); -1 is perfect.")
-@click.option("--methods", type=ChoiceList(METHODS), default="bt,clf", show_default=True)
+@click.option("--methods", type=METHOD_LIST, default="bt,clf", show_default=True)
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -133,7 +133,7 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
 @reproduce.command("layers")
 @click.option("--model-key", required=True, help="A model entry extracted with several layers (--layers).")
 @click.option("--dataset-key", required=True)
-@click.option("--methods", type=ChoiceList(METHODS), default="logreg,bt", show_default=True)
+@click.option("--methods", type=METHOD_LIST, default="logreg,bt", show_default=True)
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Cross-validation folds, disjoint in prompts.")
 @click.option("--members", type=click.IntRange(min=1), default=1, show_default=True, help="Ensemble size.")

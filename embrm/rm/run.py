@@ -23,11 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from embrm import __version__
-from embrm.errors import EmbrmError
-from embrm.rm.models import EnsembleMLP
+from embrm import methods as registry
 from embrm.rm.standardize import Standardizer
-from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
-from embrm.runformat import CONFIG, RUN_FORMAT, STATS, WEIGHTS, read_config
+from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
+from embrm.runformat import CONFIG, RUN_FORMAT, STATS, read_config
 
 __all__ = ["load_run", "read_config", "save_run", "write_json"]
 
@@ -38,12 +37,7 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
     cfg = {"run_format": RUN_FORMAT, "embrm_version": __version__, "dim": model.dim,
            "train": config_dict(model.config),
            "log": asdict(model.log), **extra}
-    if model.net is not None:
-        save_file({k: v.contiguous().cpu() for k, v in model.net.state().items()}, str(out / WEIGHTS))
-    else:
-        assert model.boosters is not None
-        for i, b in enumerate(model.boosters):
-            (out / f"lgbm_{i}.txt").write_text(b.model_to_string())
+    registry.get(model.config.method).save(model, out)
     if model.standardizer is not None:
         save_file(model.standardizer.tensors(), str(out / STATS))
     else:
@@ -60,19 +54,7 @@ def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:
     tc = TrainConfig(**t)
     log = TrainLog(**cfg.get("log", {}))
     std = Standardizer.from_tensors(load_file(str(run_dir / STATS))) if (run_dir / STATS).exists() else None
-    if tc.method == "lgbm":
-        try:
-            import lightgbm as lgb
-        except ImportError:
-            raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
-        boosters = [lgb.Booster(model_str=(run_dir / f"lgbm_{i}.txt").read_text()) for i in range(tc.ensemble)]
-        return RewardModel(tc, cfg["dim"], boosters=boosters, log=log, standardizer=std), cfg
-    state = load_file(str(run_dir / WEIGHTS))
-    hidden, bias = net_shape(tc)
-    net = EnsembleMLP(tc.ensemble, cfg["dim"], hidden, bias=bias)
-    net.load_state(state)
-    net.eval()
-    return RewardModel(tc, cfg["dim"], net=net, log=log, standardizer=std), cfg
+    return registry.get(tc.method).load(run_dir, tc, cfg["dim"], log, std), cfg
 
 
 def write_json(path: Path, obj: Any) -> None:
