@@ -91,7 +91,7 @@ class MethodParam(click.ParamType):
     def __init__(self, many: bool = False):
         self.many = many
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
         from embrm.methods import names
 
         return ("[" + "|".join(names()) + "|module:attr]") + (",..." if self.many else "")

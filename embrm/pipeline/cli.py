@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from embrm.extractor.cli import dataset_options, dataset_spec
-from embrm.options import FINITE, FLOATS, METHOD_LIST, NS, SIZES, ChoiceList, store_option
+from embrm.options import FINITE, FLOATS, METHOD, METHOD_LIST, NS, SIZES, ChoiceList, store_option
 from embrm.rm.rules import RULES as RULE_NAMES
 
 
@@ -255,7 +255,8 @@ def rerank_cmd(run_dir, out, aggregation, coef, force, **kw) -> None:
               help="Prompts drawn a round to build candidates from.")
 @click.option("--candidates", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Candidate pairs a round (within: at most every pair of the drawn prompts).")
-@click.option("--method", type=click.Choice(["bt", "clf", "linear"]), default="bt", show_default=True)
+@click.option("--method", type=METHOD, default="bt", show_default=True,
+              help="A method trained by the AdamW loop (it warm-starts each round from the last).")
 @click.option("--hidden", type=SIZES, default="64", show_default=True)
 @click.option("--members", type=click.IntRange(min=1), default=4, show_default=True,
               help="Ensemble size of every rule's model (disagreement needs 2 or more).")
