@@ -159,3 +159,36 @@ def test_real_llmbar_subset_benched_with_smollm2(tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert doc["runs"]["run"]["subsets"]["gptout"]["pairs"] == 47
+
+
+def test_compare_gives_every_method_the_same_splits_and_writes_every_output(bench_setup, tiny_model, tmp_path):
+    import csv
+
+    from embrm.pipeline.compare import split_hash
+
+    d = bench_setup
+    out = tmp_path / "c"
+    res = CliRunner().invoke(cli, ["reproduce", "compare", "--methods", "logreg,linear", "--models", str(tiny_model),
+                                   "--train", str(d / "train.jsonl"), "--suite", str(d / "suite.toml"), "--data-root",
+                                   str(d / "data"), "--seeds", "2", "--folds", "2", "--dtype", "float32", "--out",
+                                   str(out), "--store", str(d / "store"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    for f in ("compare.md", "compare.json", "compare.csv", "compare.png", "folds.csv"):
+        assert (out / f).stat().st_size > 50, f
+    doc = json.loads((out / "compare.json").read_text())
+    # the written fold ids: each seed's folds partition the prompts; every method trained
+    # and tested on exactly those splits
+    with open(out / "folds.csv") as fh:
+        table = [(int(r["seed"]), int(r["prompt_id"]), int(r["fold"])) for r in csv.DictReader(fh)]
+    prompts = sorted({p for _, p, _ in table})
+    assert len(prompts) == 40 and len(table) == 80
+    for s in doc["splits"]:
+        test = [p for seed, p, k in table if seed == s["seed"] and k == s["fold"]]
+        train = [p for seed, p, k in table if seed == s["seed"] and k != s["fold"]]
+        assert (s["test"], s["train"]) == (split_hash(np.array(test)), split_hash(np.array(train)))
+    assert len(doc["splits"]) == 2 * 2 * 2
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["logreg"]["in_domain_vs_base"] == {"diff": 0.0, "ci": [0.0, 0.0]}  # logreg is the baseline
+    assert set(rows["linear"]["held_out"]) == {"one", "two"}
+    assert len(list((out / "runs").iterdir())) == 4  # held-out runs: 2 methods x 2 seeds
+    assert "| m1-tiny-llama-float32 | linear |" in (out / "compare.md").read_text()

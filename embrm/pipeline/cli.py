@@ -11,6 +11,7 @@ import click
 
 from embrm.extractor.cli import dataset_options, dataset_spec
 from embrm.options import FINITE, FLOATS, METHOD, METHOD_LIST, NS, SIZES, ChoiceList, store_option
+from embrm.pipeline.compare_cli import compare_cmd as _compare_cmd
 from embrm.rm.rules import RULES as RULE_NAMES
 
 
@@ -324,3 +325,6 @@ def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, cand
     click.echo(f"rule     {r['rule']}: selected {r['selected']} in {r['seconds']:.2f} s")
     click.echo(f"wrote    {r['out']}: fill `winner` with a or b, then `embrm extract --dataset {r['out']}` "
                "(same model options as the pool) and `embrm train`")
+
+
+reproduce.add_command(_compare_cmd)
