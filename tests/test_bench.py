@@ -191,4 +191,4 @@ def test_compare_gives_every_method_the_same_splits_and_writes_every_output(benc
     assert rows["logreg"]["in_domain_vs_base"] == {"diff": 0.0, "ci": [0.0, 0.0]}  # logreg is the baseline
     assert set(rows["linear"]["held_out"]) == {"one", "two"}
     assert len(list((out / "runs").iterdir())) == 4  # held-out runs: 2 methods x 2 seeds
-    assert "| m1-tiny-llama-float32 | linear |" in (out / "compare.md").read_text()
+    assert "-float32-last-L-1-raw-1024 | linear | " in (out / "compare.md").read_text()
