@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "lgbm": "embrm.rm.methods:LGBM",
     "logreg": "embrm.rm.methods:LOGREG",
     "logreg-clf": "embrm.rm.methods:LOGREG_CLF",
+    "tune": "embrm.rm.methods:TUNE",  # --tune's grid on the given split, then the chosen setting
 }
 GROUP = "embrm.methods"
 ENV = "EMBRM_METHODS"

@@ -163,3 +163,26 @@ def test_a_plugin_installed_as_an_entry_point_works_in_a_new_process(trained, pl
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "unknown method 'ridge'" in res.stderr and "entry point group embrm.methods" in res.stderr
+
+
+def test_tune_as_a_method_trains_what_the_grid_chooses():
+    """``--method tune`` (what ``reproduce compare --methods ...,tune`` runs): the grid on
+    the given split, then the chosen setting; the model is the chosen method's."""
+    from dataclasses import replace
+
+    from embrm.rm.pairs import build_pairs, split_prompts
+    from embrm.rm.trainer import TrainConfig, train
+    from embrm.rm.tune import tune
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60 * 4, 6)).astype(np.float32)
+    r = (x @ rng.standard_normal(6)).reshape(60, 4)
+    tr, va = split_prompts(60, 0.2, 0)
+    tp = build_pairs(r, tr, 4, "within", "random", 1.0, None, 0)
+    vp = build_pairs(r, va, 4, "within", "random", 1.0, None, 1)
+    cfg = TrainConfig(method="tune", max_epochs=3, ensemble=2)
+    model = train(x, tp, vp, cfg)
+    chosen, results = tune(x, tp, vp, replace(cfg, method="bt", ensemble=1))
+    assert model.config.method == chosen.method != "tune" and model.config.ensemble == 2
+    assert (model.config.l2, model.config.lr, model.config.standardize) == (chosen.l2, chosen.lr, chosen.standardize)
+    assert {g["method"] for g in results} == set(methods.tunable()) and "tune" not in methods.tunable()

@@ -238,6 +238,29 @@ class LgbmMethod(Method):
         return {f"lgbm_{i}.txt": None for i in range(train["ensemble"])}
 
 
+class Tuned(Method):
+    """``--tune`` as a method (so that ``reproduce compare`` can put it beside the others):
+    the grid of :mod:`embrm.rm.tune` on the training and validation pairs it is given,
+    then the chosen setting trained. The model it returns is the chosen method's, so a
+    saved run names that method, not this one."""
+
+    tune_kind = None
+    untuned_because = "it is the tuner itself"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def train(self, x: Any, tp: Pairs, vp: Pairs, cfg: TrainConfig, std: Standardizer | None,
+              members: MemberSettings | None = None, init: RewardModel | None = None) -> RewardModel:
+        from dataclasses import replace
+
+        from embrm.rm.trainer import train
+        from embrm.rm.tune import tune
+
+        chosen, _ = tune(x, tp, vp, replace(cfg, method=Method.name or "bt", standardize=None, ensemble=1))
+        return train(x, tp, vp, replace(chosen, ensemble=cfg.ensemble, seed=cfg.seed))
+
+
 _MLP_WIDTHS = ((64,), (256,), (1024, 512))
 BT = NetMethod("bt", tune_widths=_MLP_WIDTHS)
 CLF = NetMethod("clf", clf_loss=True, tune_widths=_MLP_WIDTHS[:2])
@@ -245,3 +268,4 @@ LINEAR = NetMethod("linear", hidden=False, tune_widths=((),))
 LOGREG = LogregMethod("logreg", pointwise=False)
 LOGREG_CLF = LogregMethod("logreg-clf", pointwise=True)
 LGBM = LgbmMethod("lgbm")
+TUNE = Tuned("tune")
