@@ -149,5 +149,13 @@ def read_files(run_dir: Path) -> dict[str, bytes]:
         raise EmbrmError(f"{run_dir} is not a directory; pass the --out of `embrm train`")
     files = {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())
              if p.is_file() and not p.is_symlink() and FILE_NAME.fullmatch(p.name)}
+    if CONFIG not in files:
+        raise EmbrmError(f"{run_dir} is not an embrm run directory (no config.json); pass the --out of `embrm train`")
     check_files(files, str(run_dir))
     return files
+
+
+def checked_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config, after the check of every file of the run (not only the
+    config): for commands that do expensive work before they load the weights."""
+    return check_config(read_files(run_dir)[CONFIG], str(run_dir))

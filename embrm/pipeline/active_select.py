@@ -127,12 +127,13 @@ def _texts(store: Any, e: Any, layer: int, rows: np.ndarray, keys: list[str]) ->
 def select_pairs(store: Any, cfg: SelectConfig) -> dict[str, Any]:
     """Choose and write the batch; returns what was done, for the CLI to print."""
     from embrm.pipeline.files import write_records
-    from embrm.rm.run import load_run, read_config
+    from embrm.rm.run import load_run
+    from embrm.runformat import checked_config
     from embrm.store.keys import short
 
     cfg.validate()
     e = store.resolve(cfg.model_key, cfg.dataset_key)
-    rc = read_config(Path(cfg.rm)) if cfg.rm else {"model_hash": e.model_hash, "dim": e.dim,
+    rc = checked_config(Path(cfg.rm)) if cfg.rm else {"model_hash": e.model_hash, "dim": e.dim,
                                                    "layer": e.layers[0] if e.layers else None}
     if e.model_hash != rc.get("model_hash"):  # checked before the weights are loaded
         raise EmbrmError(f"the reward model in {cfg.rm} was trained on vectors of {rc.get('model_name')} "
