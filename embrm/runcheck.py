@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from embrm import runshapes
 from embrm.errors import EmbrmError
+from embrm.printable import printable
 
 MAX_DIM = 1 << 20
 MAX_MEMBERS = 4096
@@ -254,7 +256,18 @@ def check_stats(raw: Any, dim: int, where: str, name: str) -> None:
 # -------------------------------------------------------------------- LightGBM
 #: Per-tree arrays and their lengths, for a tree of N leaves.
 TREE_ARRAYS = {"split_feature": -1, "threshold": -1, "decision_type": -1, "left_child": -1, "right_child": -1,
-               "leaf_value": 0}
+               "leaf_value": 0, "split_gain": -1, "leaf_weight": 0, "leaf_count": 0, "internal_value": -1,
+               "internal_weight": -1, "internal_count": -1}
+INTS = ("split_feature", "decision_type", "left_child", "right_child", "leaf_count", "internal_count")
+TREE_KEYS = {*TREE_ARRAYS, "num_leaves", "num_cat", "is_linear", "shrinkage"}
+HEADER_LINE = re.compile(r"[a-z_]+(=[^\n]*)?")
+#: What follows the trees, line by line: LightGBM's own parser of this part crashes the
+#: process on a malformed line (found by the fuzz in tests/test_hostile_runs.py).
+TAIL = [re.compile(r"end of trees"), re.compile(r""), re.compile(r"feature_importances:"),
+        re.compile(r"[^\s=\[\]]+=\d+"), re.compile(r""), re.compile(r"parameters:"),
+        re.compile(r"\[[a-z0-9_]+: [^\[\]\n]*\]"), re.compile(r""), re.compile(r"end of parameters"), re.compile(r""),
+        re.compile(r"pandas_categorical:[^\n]*"), re.compile(r"")]
+REPEATED = (3, 4, 6, 7)  # importances, parameters and blank lines between: any number of lines
 
 
 def check_lgbm(raw: bytes, dim: int, where: str, name: str) -> None:
@@ -270,7 +283,11 @@ def check_lgbm(raw: bytes, dim: int, where: str, name: str) -> None:
     end = text.find("\nend of trees")
     if not text.startswith("tree\n") or not sep or end < 0:
         raise EmbrmError(f"{where}: {name} is not a LightGBM model text (expected 'tree', trees, 'end of trees')")
-    keys = dict(line.split("=", 1) for line in head.splitlines()[1:] if "=" in line)
+    lines = head.splitlines()[1:]
+    bad = next((line for line in lines if line and not HEADER_LINE.fullmatch(line)), None)
+    if bad is not None:
+        raise EmbrmError(f"{where}: {name} has a header line {printable(bad, 40)!r} that is not key=value")
+    keys = dict(line.split("=", 1) for line in lines if "=" in line)
     want = {"num_class": "1", "num_tree_per_iteration": "1", "max_feature_idx": str(dim - 1)}
     for key, v in want.items():
         if keys.get(key) != v:
@@ -280,8 +297,30 @@ def check_lgbm(raw: bytes, dim: int, where: str, name: str) -> None:
     sizes = [b - a for a, b in zip(starts, [*starts[1:], end + 1])]
     if "tree_sizes" in keys and keys["tree_sizes"].split() != [str(s) for s in sizes]:
         raise EmbrmError(f"{where}: {name} has tree_sizes that do not match its trees; the file is damaged")
+    for key in ("feature_names", "feature_infos"):
+        if len(keys.get(key, "").split()) != dim:
+            raise EmbrmError(f"{where}: {name} has {len(keys.get(key, '').split())} {key}; a run of dim {dim} needs "
+                             f"{dim}")
     for t, (a, b) in enumerate(zip(starts, [*starts[1:], end + 1])):
         _check_tree(text[a:b], t, dim, where, name)
+    _check_tail(text[end + 1:], where, name)
+
+
+def _check_tail(tail: str, where: str, name: str) -> None:
+    """The lines after the trees, each of the shape LightGBM writes (see :data:`TAIL`)."""
+    lines, at = tail.split("\n"), 0
+    for i, pattern in enumerate(TAIL):
+        if i in REPEATED:
+            while at < len(lines) and pattern.fullmatch(lines[at]):
+                at += 1
+            continue
+        if at >= len(lines) or not pattern.fullmatch(lines[at]):
+            shown = printable(lines[at], 40) if at < len(lines) else "the end of the file"
+            raise EmbrmError(f"{where}: {name} has {shown!r} after its trees, where LightGBM writes "
+                             f"{pattern.pattern!r}; the file is damaged")
+        at += 1
+    if at != len(lines) and any(lines[at:]):
+        raise EmbrmError(f"{where}: {name} has text after pandas_categorical; the file is damaged")
 
 
 def _numbers(tree: dict[str, str], key: str, n: int, t: int, where: str, name: str, kind: type) -> list[Any]:
@@ -297,7 +336,11 @@ def _numbers(tree: dict[str, str], key: str, n: int, t: int, where: str, name: s
 
 
 def _check_tree(block: str, t: int, dim: int, where: str, name: str) -> None:
-    tree = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    body = block.splitlines()[1:]  # after Tree=<t>
+    bad = next((line for line in body if line and line.split("=", 1)[0] not in TREE_KEYS), None)
+    if bad is not None or not block.startswith(f"Tree={t}\n"):
+        raise EmbrmError(f"{where}: {name} tree {t}: {printable(bad or block[:20], 40)!r} is not a line of a tree")
+    tree = dict(line.split("=", 1) for line in body if "=" in line)
     leaves = tree.get("num_leaves", "")
     if not leaves.isdigit() or not 1 <= int(leaves) <= 1 << 17:
         raise EmbrmError(f"{where}: {name} tree {t}: num_leaves is {leaves[:20]!r}; expected 1 to {1 << 17}")
@@ -306,7 +349,7 @@ def _check_tree(block: str, t: int, dim: int, where: str, name: str) -> None:
         raise EmbrmError(f"{where}: {name} tree {t}: categorical or linear trees are not what embrm trains "
                          "(expected num_cat=0, is_linear=0)")
     for key, extra in TREE_ARRAYS.items():
-        kind = float if key in ("threshold", "leaf_value") else int
+        kind = int if key in INTS else float
         vals = _numbers(tree, key, n + extra, t, where, name, kind)
         if key == "split_feature" and any(not 0 <= f < dim for f in vals):
             raise EmbrmError(f"{where}: {name} tree {t}: a split_feature is outside 0..{dim - 1}")

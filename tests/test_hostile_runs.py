@@ -552,3 +552,104 @@ def test_active_select_exclude_needs_labelled_pairs(pool, tmp_path):
     res = r.invoke(cli, [*s, "--out", str(tmp_path / "a.jsonl"), "--exclude", str(tmp_path / "some.jsonl")])
     assert res.exit_code == 0 and "2 labelled pairs excluded" in res.output, res.output
     assert not (tmp_path / "first.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+
+
+# ------------------------------------------------------------------- fuzz
+JUNK = [-1, 0, 1, 3, 2 ** 40, 1e300, -1e9, 1.5, float("nan"), float("inf"), "x", "", None, True, [], {}, [3], [0],
+        [2 ** 31], [1] * 20, {"a": 1}, "bt", "lgbm"]
+
+
+def _mutant(served, rng) -> dict[str, bytes]:
+    """A base run changed at random: a config value, a tensor's shape or values, its
+    statistics, a LightGBM line, or the bytes of a file."""
+    from embrm.runcheck import TRAIN
+
+    r = served.bases[rng.choice(sorted(served.bases))].copy()
+    kind = rng.randrange(6)
+    if kind == 0:
+        r.cfg["train"][rng.choice([*TRAIN, "evil"])] = rng.choice(JUNK)
+    elif kind == 1:
+        key = rng.choice(["dim", "layer", "run_format", "model_hash", "log", "train", "val_prompts", "embedding"])
+        r.cfg[key] = rng.choice(JUNK)
+    elif kind == 2 and r.tensors:
+        name = rng.choice(sorted(r.tensors))
+        shape = tuple(rng.choice([1, 2, 3, 4, DIM]) for _ in range(rng.randrange(0, 4)))
+        r.tensors[rng.choice([name, "w7"])] = np.ones(shape, rng.choice([np.float32, np.float16, np.float64]))
+    elif kind == 3 and (r.tensors or r.stats):
+        src = r.stats if r.stats and rng.random() < 0.5 else r.tensors
+        name = rng.choice(sorted(src))
+        a = src[name].copy()
+        a.reshape(-1)[rng.randrange(a.size)] = rng.choice([float("nan"), float("inf"), 0.0, -1.0, 3e38])
+        src[name] = a
+    elif kind == 4 and r.texts:
+        lines = r.texts["lgbm_0.txt"].split("\n")
+        i = rng.randrange(len(lines))
+        lines[i] = rng.choice(["", "num_leaves=999999999", lines[i].split("=")[0] + "=" + " ".join(
+            str(rng.choice([-5, 0, 7, 10 ** 9, "nan"])) for _ in range(rng.randrange(5)))])
+        r.texts["lgbm_0.txt"] = "\n".join(lines)
+    files = r.files()
+    if kind == 5 or rng.random() < 0.2:  # the bytes of a file: cut, flipped, or a huge header length
+        name = rng.choice(sorted(files))
+        b = bytearray(files[name])
+        how = rng.randrange(3)
+        if how == 0:
+            b = b[: rng.randrange(len(b) + 1)]
+        elif how == 1:
+            for _ in range(rng.randrange(1, 8)):
+                if b:
+                    b[rng.randrange(len(b))] = rng.randrange(256)
+        else:
+            b[:8] = (rng.choice([2 ** 63, 2 ** 40, 10 ** 6])).to_bytes(8, "little")
+        files[name] = bytes(b)
+    return files
+
+
+def test_a_fuzz_of_run_directories_gets_refusals_never_crashes(served, tmp_path):
+    """A few hundred mutated runs against the check (and, where it passes, the loader and
+    the scorer), and a sample of them through the real service: one-line refusals or
+    finite rewards, never another exception, a 5xx or memory growth."""
+    import random
+
+    from embrm.rm.metrics import finite_rewards
+    from embrm.rm.run import load_run
+
+    rng = random.Random(26)
+    x = np.random.default_rng(0).standard_normal((4, DIM)).astype(np.float32)
+    outcomes: dict[str, int] = {"refused": 0, "scored": 0, "refused at scoring": 0}
+    sample, t0 = [], time.monotonic()
+    for i in range(400):
+        if time.monotonic() - t0 > 20:
+            break
+        files = _mutant(served, rng)
+        if i % 12 == 0:
+            sample.append(files)
+        try:
+            runformat.check_files(files, "fuzz")
+        except EmbrmError as e:
+            assert "\n" not in str(e)
+            outcomes["refused"] += 1
+            continue
+        d = tmp_path / f"f{i}"
+        d.mkdir()
+        for n, b in files.items():
+            (d / n).write_bytes(b)
+        model, _ = load_run(d)
+        try:
+            finite_rewards(model.score(x), "mean-var", 1.0)
+            outcomes["scored"] += 1
+        except EmbrmError:
+            outcomes["refused at scoring"] += 1
+    assert sum(outcomes.values()) >= 200 and outcomes["refused"] >= 100 and outcomes["scored"] >= 10, outcomes
+    for name, base in served.bases.items():  # warm up: a push, a load and a reward of each family
+        _push_ok(served, f"warm-{name}", base)
+        assert served.post("/v1/rewards", {"rm": f"warm-{name}", "items": [{"prompt": "p", "response": "r"}]})[0] == 200
+    before = _rss(served.proc.pid)
+    for i, files in enumerate(sample):
+        status, raw, _ = http("PUT", f"{served.url}/v1/rms/fuzz-{i}", run_files_ipc(files), ARROW)
+        assert status in (201, 400), raw[:300]
+        if status == 201:
+            status, out = served.post("/v1/rewards", {"rm": f"fuzz-{i}", "items": [{"prompt": "p", "response": "r"}]})
+            assert status in (200, 400, 404), out  # 404: not listed yet
+    after = _rss(served.proc.pid)
+    print(f"fuzz: {outcomes}, {len(sample)} through the service, RSS {before >> 20} -> {after >> 20} MB")
+    assert after - before < 50 << 20 and "Traceback" not in served.log(), (before >> 20, after >> 20)
