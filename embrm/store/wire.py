@@ -91,10 +91,26 @@ def run_files_of(body: Any) -> dict[str, Any]:
     if t.num_rows > 10_000:
         raise ValueError(f"{t.num_rows} files is more than a run holds")
     names = t.column("name").to_pylist()
-    datas = [d.as_buffer() for d in t.column("data")]
+    datas = _slices(t.column("data"))
     if any(n is None for n in names) or any(d is None for d in datas) or len(set(names)) != len(names):
         raise ValueError("every file needs a unique name and its bytes")
     return dict(zip(names, datas))
+
+
+def _slices(col: pa.ChunkedArray) -> list[Any]:
+    """Each value of a large_binary column as a zero-copy slice of its data buffer (a
+    scalar's ``as_buffer`` was measured to copy: 400 MB more for a 200 MB run); None
+    for a null."""
+    import numpy as np
+
+    out: list[Any] = []
+    for chunk in col.chunks:
+        _, offsets, data = chunk.buffers()
+        data = data if data is not None else pa.py_buffer(b"")
+        at = np.frombuffer(offsets, np.int64, len(chunk) + 1, chunk.offset * 8)
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        out += [data.slice(int(at[i]), int(at[i + 1] - at[i])) if valid[i] else None for i in range(len(chunk))]
+    return out
 
 
 def run_files_in(path: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def _push(svc: Service, name: str, path: Path, force: bool) -> dict[str, Any]:
                 raise ApiError(409, f"a reward model named {name!r} is already published here; pick another name, "
                                     "or push with force=true to replace it", None, "name_taken")
             try:
-                return registry.push_files(name, files, force)
+                return registry.push_files(name, files, force, consume=True)
             except EmbrmError as e:
                 raise ApiError(400, str(e), None, "invalid_run") from None
         finally:
