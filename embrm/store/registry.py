@@ -132,11 +132,26 @@ def _row(name: str, summary: str, pushed_at: str, files: dict[str, Any]) -> pa.T
     names = sorted(files)
     entries = pa.StructArray.from_arrays(
         [pa.array(names, pa.string()), pa.array([hashlib.sha256(files[n]).hexdigest() for n in names], pa.string()),
-         pa.array([memoryview(files[n]) for n in names], pa.large_binary(), memory_pool=pa.system_memory_pool())],
+         _binary([files[n] for n in names])],
         fields=list(SCHEMA.field("files").type.value_type))
     return pa.table({"name": [name], "summary": [summary], "pushed_at": [pushed_at],
                      "files": pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), entries)},
                     schema=SCHEMA)
+
+
+def _binary(values: list[Any]) -> pa.Array:
+    """A large_binary array of ``values`` (bytes or buffers), copied once into one buffer.
+    Not ``pa.array`` of memoryviews: that was measured to keep every copy alive (200 MB
+    more resident after each 200 MB push)."""
+    import numpy as np
+
+    offsets = np.zeros(len(values) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in values])
+    data = pa.allocate_buffer(int(offsets[-1]))
+    dst = np.frombuffer(data, np.uint8)
+    for v, at in zip(values, offsets[:-1].tolist()):
+        dst[at:at + len(v)] = np.frombuffer(v, np.uint8)
+    return pa.Array.from_buffers(pa.large_binary(), len(values), [None, pa.py_buffer(offsets.tobytes()), data])
 
 
 def write_run(files: dict[str, bytes], out: Path) -> Path:
