@@ -148,14 +148,15 @@ CASES = [
     ("hidden abc", "bt", _set("train.hidden", "abc"), "train.hidden is \"abc\""),
     ("hidden -5", "bt", _set("train.hidden", [-5]), "train.hidden is [-5]"),
     ("hidden 1e9", "bt", _set("train.hidden", [1e9]), "train.hidden is [1000000000.0]"),
-    ("hidden 64,500000", "bt", _set("train.hidden", [64, 500000]), "the config implies 66004226 weights (264016912 bytes)"),
+    ("hidden 64,500000", "bt", _set("train.hidden", [64, 500000]),
+     "the config implies 66004226 weights (264016912 bytes)"),
     ("unknown training key", "bt", _set("train.evil", 1), "train.evil is not a training setting"),
     ("lr NaN", "bt", _set("train.lr", float("nan")), "train.lr is nan"),
     ("ensemble 0", "bt", _set("train.ensemble", 0), "train.ensemble is 0"),
     ("dim as text", "bt", _set("dim", "32"), "dim is \"32\""),
     ("unknown log key", "bt", _set("log", {"evil": 1}), "log.evil is not a training log field"),
-    ("w1 of another shape", "bt", _tensor("w1", np.ones((2, 4, 2), F32)), "tensor w1 of weights.safetensors is F32 "
-                                                                            "[2, 4, 2]; the config implies F32 [2, 4, 1]"),
+    ("w1 of another shape", "bt", _tensor("w1", np.ones((2, 4, 2), F32)),
+     "tensor w1 of weights.safetensors is F32 [2, 4, 2]; the config implies F32 [2, 4, 1]"),
     ("w1 broadcast (1, 1, 1)", "bt", _tensor("w1", np.ones((1, 1, 1), F32)), "tensor w1 of weights.safetensors is F32 "
                                                                                "[1, 1, 1]; the config implies"),
     ("w0 broadcast (3, 32, 1)", "bt", _tensor("w0", np.ones((3, DIM, 1), F32)), "the config implies 274 weights"),
@@ -175,7 +176,8 @@ CASES = [
      "a split_feature is outside 0..31"),
     ("LightGBM of another dim", "lgbm", _lgbm(f"max_feature_idx={DIM - 1}", "max_feature_idx=3"),
      "has max_feature_idx=3; a run of dim 32 needs max_feature_idx=31"),
-    ("LightGBM child out of range", "lgbm", _lgbm(r"right_child=-?\d+", "right_child=-99"), "right_child points outside"),
+    ("LightGBM child out of range", "lgbm", _lgbm(r"right_child=-?\d+", "right_child=-99"),
+     "right_child points outside"),
     ("a second LightGBM member", "lgbm", lambda r: r.texts.update({"lgbm_1.txt": r.texts["lgbm_0.txt"]}),
      "lgbm_1.txt is not one of them"),
 ]
@@ -388,7 +390,8 @@ def test_rewards_are_finite_or_refused_naming_the_item_and_coefficient(served):
 def _chunked(port: int, path: str, total: int, stall_after: int | None = None) -> tuple[int, bytes, float]:
     """PUT a chunked junk body of up to ``total`` bytes (or ``stall_after`` bytes, then
     nothing) until the server answers; (bytes sent, the answer's start, seconds)."""
-    head = f"PUT {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: {ARROW['Content-Type']}\r\n\r\n"
+    head = (f"PUT {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: {ARROW['Content-Type']}\r\n\r\n")
     piece = b"\xff" * (64 << 10)
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     sent, got = 0, b""
@@ -457,7 +460,8 @@ def _dying_server(answer: bytes) -> tuple[str, threading.Thread]:
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
                 head, body = data.split(b"\r\n\r\n", 1)
-                length = int(next(h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")))
+                length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                                  if h.lower().startswith(b"content-length")))
                 while len(body) < length:
                     body += conn.recv(65536)
                 conn.sendall(answer)
