@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from embrm import runshapes
 from embrm.errors import EmbrmError
 
 if TYPE_CHECKING:
@@ -56,12 +57,16 @@ class Method:
     def save(self, model: RewardModel, out: Path) -> None:
         raise NotImplementedError
 
-    def load(self, run_dir: Path, tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None) -> RewardModel:
+    def load(self, files: dict[str, Any], tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None,
+             where: str) -> RewardModel:
+        """The model from a run's files (``{name: bytes}``, every one already checked
+        against :meth:`files` by :func:`embrm.runformat.check_files`)."""
         raise NotImplementedError
 
-    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, list[int]] | None]:
-        """The files a run of this method must hold: name -> the exact shape of every
-        tensor in it (a safetensors file), or None (any other file: it must exist)."""
+    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, tuple[int, ...]] | None]:
+        """The weight files a run of this method holds, and nothing else: name -> the exact
+        shape of every tensor in it (``weights.safetensors``, float32), or None (a
+        LightGBM text file, ``lgbm_<i>.txt``)."""
         raise NotImplementedError
 
 
@@ -102,32 +107,23 @@ class NetMethod(Method):
         assert model.net is not None
         save_file({k: v.contiguous().cpu() for k, v in model.net.state().items()}, str(Path(out) / WEIGHTS))
 
-    def load(self, run_dir: Path, tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None) -> RewardModel:
-        from safetensors.torch import load_file
+    def load(self, files: dict[str, Any], tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None,
+             where: str) -> RewardModel:
+        from safetensors.torch import load
 
         from embrm.rm.models import EnsembleMLP
         from embrm.rm.trainer import RewardModel
 
         hidden, bias = self.net_shape(tc)
         net = EnsembleMLP(tc.ensemble, dim, hidden, bias=bias)
-        net.load_state(load_file(str(Path(run_dir) / WEIGHTS)))
+        net.load_state(load(bytes(files[WEIGHTS])))
         return RewardModel(tc, dim, net=net.eval(), log=log, standardizer=std)
 
-    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, list[int]] | None]:
+    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, tuple[int, ...]] | None]:
         """Every layer's weight ``(M, d_in, d_out)`` and bias ``(M, 1, d_out)`` (zeros where
-        the net has none: the file always holds both)."""
-        if self.hidden:
-            h = train.get("hidden")
-            if not isinstance(h, list) or not all(isinstance(v, int) and 0 < v <= 1 << 20 for v in h):
-                raise EmbrmError(f"train.hidden must be a list of positive sizes, got {str(h)[:60]}")
-            hidden = tuple(h)
-        else:
-            hidden = ()
-        m, sizes = train["ensemble"], [dim, *hidden, 1]
-        out: dict[str, list[int]] = {}
-        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            out[f"w{i}"], out[f"b{i}"] = [m, d_in, d_out], [m, 1, d_out]
-        return {WEIGHTS: out}
+        the net has none: the file always holds both), :mod:`embrm.runshapes`."""
+        shapes = runshapes.mlp_tensors(train, dim) if self.hidden else runshapes.linear_tensors(train, dim)
+        return {WEIGHTS: shapes}
 
 
 class LinearFit(NetMethod):
@@ -224,18 +220,25 @@ class LgbmMethod(Method):
         for i, b in enumerate(model.boosters):
             (Path(out) / f"lgbm_{i}.txt").write_text(b.model_to_string())
 
-    def load(self, run_dir: Path, tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None) -> RewardModel:
+    def load(self, files: dict[str, Any], tc: TrainConfig, dim: int, log: TrainLog, std: Standardizer | None,
+             where: str) -> RewardModel:
         from embrm.rm.trainer import RewardModel
 
         try:
             import lightgbm as lgb
         except ImportError:
             raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
-        boosters = [lgb.Booster(model_str=(Path(run_dir) / f"lgbm_{i}.txt").read_text()) for i in range(tc.ensemble)]
+        boosters = []
+        for i in range(tc.ensemble):
+            try:
+                boosters.append(lgb.Booster(model_str=bytes(files[f"lgbm_{i}.txt"]).decode("ascii")))
+            except lgb.basic.LightGBMError as e:  # checked already; whatever LightGBM still finds is the run's fault
+                raise EmbrmError(f"{where}: lgbm_{i}.txt is not a model LightGBM can read "
+                                 f"({str(e).splitlines()[0][:120] if str(e) else 'LightGBMError'})") from None
         return RewardModel(tc, dim, boosters=boosters, log=log, standardizer=std)
 
-    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, list[int]] | None]:
-        return {f"lgbm_{i}.txt": None for i in range(train["ensemble"])}
+    def files(self, train: dict[str, Any], dim: int) -> dict[str, dict[str, tuple[int, ...]] | None]:
+        return {name: None for name in runshapes.lgbm_files(train, dim)}
 
 
 class Tuned(Method):

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from embrm import __version__
 from embrm import methods as registry
 from embrm.rm.standardize import Standardizer
 from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
-from embrm.runformat import CONFIG, RUN_FORMAT, STATS, read_config
+from embrm.runformat import CONFIG, RUN_FORMAT, STATS, check_config, read_config, read_files
 
 __all__ = ["load_run", "read_config", "save_run", "write_json"]
 
@@ -47,14 +47,18 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
 
 
 def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:
+    """A run directory as a model, after the one check of every file
+    (:func:`embrm.runformat.read_files`): the weights are loaded from the checked bytes,
+    with exactly the shapes the config implies."""
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+    files = read_files(run_dir)  # every file checked
+    cfg = check_config(files[CONFIG], str(run_dir))
     t = dict(cfg["train"])
-    t["hidden"] = tuple(t["hidden"])
+    t["hidden"] = tuple(t.get("hidden", TrainConfig.hidden))
     tc = TrainConfig(**t)
     log = TrainLog(**cfg.get("log", {}))
-    std = Standardizer.from_tensors(load_file(str(run_dir / STATS))) if (run_dir / STATS).exists() else None
-    return registry.get(tc.method).load(run_dir, tc, cfg["dim"], log, std), cfg
+    std = Standardizer.from_tensors(load(files[STATS])) if STATS in files else None
+    return registry.get(tc.method).load(files, tc, cfg["dim"], log, std, str(run_dir)), cfg
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -12,7 +12,7 @@ The training loop is written out here, not hidden in a framework:
 * each pair is seen once per epoch in one orientation (the Siamese BT loss is symmetric,
   so the seed code's second ordering adds nothing but time);
 * early stopping on validation loss, per member: each keeps its best epoch's weights;
-* features are standardised first where :data:`STANDARDIZE` (or the caller) says so, with
+* features are standardised first where the method (or the caller) says so, with
   statistics of the training items only (:mod:`embrm.rm.standardize`).
 
 Logistic regression is solved exactly instead (:mod:`embrm.rm.logreg`).
