@@ -110,8 +110,9 @@ def test_page_commands_run(page: Path, docs_env: dict[str, str], tmp_path: Path)
             t0 = time.monotonic()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=env,
                                   capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-            assert proc.returncode == 0, (f"{page.name}: `{cmd}` exited {proc.returncode} after "
-                                          f"{time.monotonic() - t0:.1f} s\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            took = time.monotonic() - t0
+            assert proc.returncode == 0, (f"{page.name}: `{cmd}` exited {proc.returncode} after {took:.1f} s\n"
+                                          f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
             ran += 1
     assert ran > 0
 
