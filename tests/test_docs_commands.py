@@ -137,3 +137,30 @@ def test_every_docs_page_is_in_the_nav() -> None:
     assert sorted(set(in_nav)) == sorted(in_nav), "a page is in the nav twice"
     assert [p for p in pages if p not in in_nav] == [], "pages of docs/ missing from mkdocs.yml's nav"
     assert [p for p in in_nav if p not in pages] == [], "nav entries with no page in docs/"
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The ids MkDocs (Python-Markdown's toc) gives the headings of a page."""
+    text = QUOTED.sub("", re.sub(r"^```.*?^```", "", markdown, flags=re.M | re.S))
+    anchors = set()
+    for title in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        plain = re.sub(r"[^\w\s-]", "", title.replace("`", "")).strip().lower()
+        anchors.add(re.sub(r"[-\s]+", "-", plain))
+    return anchors
+
+
+def test_readme_links_resolve() -> None:
+    """README.md is outside the MkDocs build, so its links to pages, anchors and images are checked here."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [u for u in links if not re.match(r"[a-z]+://", u)]
+    assert len(local) >= 10, local
+    broken = []
+    for url in local:
+        path, _, anchor = url.partition("#")
+        target = ROOT / path if path else ROOT / "README.md"
+        if not target.is_file():
+            broken.append(url)
+        elif anchor and anchor not in heading_anchors(target.read_text()):
+            broken.append(url)
+    assert broken == []
