@@ -145,7 +145,8 @@ def read_files(run_dir: Path) -> dict[str, bytes]:
     Subdirectories (``eval-*``) and anything else stay behind."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise EmbrmError(f"{run_dir} is not a directory; pass the --out of `embrm train`")
+        raise EmbrmError(f"{run_dir} is not an embrm run directory (not a directory); pass the --out of "
+                         "`embrm train`")
     files = {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())
              if p.is_file() and not p.is_symlink() and FILE_NAME.fullmatch(p.name)}
     if CONFIG not in files:
