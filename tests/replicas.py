@@ -20,7 +20,10 @@ def wait_for(pred: Any, timeout: float, step: float = 0.1) -> Any:
     """Poll ``pred`` until it returns something truthy (returned), or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
-        got = pred()
+        try:
+            got = pred()
+        except OSError:  # not listening yet
+            got = None
         if got:
             return got
         if time.monotonic() > deadline:
@@ -94,11 +97,12 @@ class HAProxy:
         assert HAPROXY is not None
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         lines = ["global", "  maxconn 512", "defaults", "  mode http", "  timeout connect 2s", "  timeout client 60s",
-                 "  timeout server 60s", "  retries 3", "  option redispatch 1",
+                 "  timeout server 60s", "  timeout check 3s", "  retries 3", "  option redispatch 1",
                  "  retry-on conn-failure empty-response response-timeout", "  option http-server-close",
                  "frontend fe", f"  bind 127.0.0.1:{port}", "  default_backend replicas", "backend replicas",
-                 "  balance roundrobin", "  option httpchk GET /health", "  http-check expect status 200"]
-        lines += [f"  server r{i} 127.0.0.1:{p} check inter 200ms fall 1 rise 1" for i, p in enumerate(backends)]
+                 "  balance roundrobin", "  option httpchk GET /health", "  http-check expect status 200",
+                 "  http-response set-header X-Replica %[srv_name]"]
+        lines += [f"  server r{i} 127.0.0.1:{p} check inter 200ms fall 2 rise 1" for i, p in enumerate(backends)]
         self.cfg = tmp / "haproxy.cfg"
         self.cfg.write_text("\n".join(lines) + "\n")
         self.log = open(tmp / "haproxy.log", "w")
