@@ -12,8 +12,10 @@ answer as ``GET /health``); a replica that is not is restarted by Ray.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from embrm.serve.settings import Settings
 
 APP_NAME = "embrm"
+log = logging.getLogger("embrm.serve")
 
 
 class ServiceReplica:
@@ -61,11 +64,12 @@ def deploy(spec: EmbeddingSpec, store_uri: str | None, device: str, batch_tokens
         raise EmbrmError("embrm serve --ray needs Ray Serve: `pip install 'embrm[ray,serve]'`") from None
     if store_uri and "://" not in store_uri:  # replicas may start in another directory
         store_uri = str(Path(store_uri).resolve())
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
-             logging_level="ERROR", configure_logging=True)
+    local = {} if address else {"include_dashboard": False}  # a cluster's dashboard is the cluster's
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **local)
     serve.start(http_options={"host": settings.host, "port": settings.port}, detached=False)
     ingress = serve.ingress()(ServiceReplica)
     dep = serve.deployment(ingress, name="embrm", num_replicas=replicas, health_check_period_s=2,
+                           graceful_shutdown_wait_loop_s=0.5, graceful_shutdown_timeout_s=60,
                            ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica})
     serve.run(dep.bind(spec, store_uri, device, batch_tokens, tokens, settings, rms), name=APP_NAME,
               route_prefix="/", blocking=False)
@@ -83,8 +87,9 @@ def wait_and_shutdown() -> None:
         signal.signal(sig, lambda *_: done.set())
     while not done.wait(1.0):
         pass
-    serve.delete(APP_NAME)
-    serve.shutdown()
+    t = time.monotonic()
+    serve.shutdown()  # each replica drains: its lifespan's shutdown runs
+    log.warning("ray serve shut down in %.1f s", time.monotonic() - t)
     ray.shutdown()
 
 

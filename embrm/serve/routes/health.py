@@ -29,7 +29,8 @@ async def metrics(svc: Svc) -> Response:
 async def stats(svc: Svc) -> dict[str, Any]:
     """What ``/metrics`` counts, as JSON (the page's service panel), with the model and
     the number of running jobs."""
-    return {"model": svc.model_name, "model_hash": svc.model_hash, **svc.metrics.snapshot(),
+    return {"model": svc.model_name, "model_hash": svc.model_hash, "replica": svc.leases.owner,
+            **svc.metrics.snapshot(),
             "jobs_running": sum(j.status == "running" for j in svc.jobs.list())}
 
 
