@@ -31,6 +31,7 @@ from embrm.store.catalog import Entry
 from embrm.store.loader import embeddings_of
 from embrm.store.location import SERVICE
 from embrm.store.registry import check_name, write_run
+from embrm.store.vectors import VectorInfo
 from embrm.store.wire import ARROW, ENTRY_KEY, entry_batch, run_files_ipc, run_files_of, upload_batches
 
 if TYPE_CHECKING:
@@ -161,16 +162,38 @@ class ServiceStore(Store):
         return write_run(files, out)
 
     # ------------------------------------------------------------ extraction
+    def extraction_engines(self) -> tuple[str, ...]:
+        """A service extracts with its own model: only its dataset jobs write vectors."""
+        return ("service",)
+
+    def write_rows(self, dataset_hash: str, batches: Iterable[pa.RecordBatch], n_rows: int, kind: str) -> None:
+        """PUT the rows (``PUT /v1/datasets``): the server checks them, recomputes the
+        hash and refuses a mismatch before it stores anything (a dataset it holds already
+        is a no-op there)."""
+        self._put_rows(_upload_batches(batches), dataset_hash, "uploaded", kind)
+
+    def vector_info(self, model_hash: str) -> VectorInfo | None:
+        """Dim, dtype and layers of a model's vectors, as its entries on the service record them."""
+        e = next((e for e in self.entries() if e.model_hash == model_hash and e.dim), None)
+        return None if e is None else VectorInfo(e.dim, e.dtype, tuple(e.layers))
+
     def upload(self, rows: Iterable[dict[str, Any]], dataset_hash: str, name: str, kind: str) -> dict[str, Any]:
-        """PUT normalised rows; the server checks them, recomputes the hash and refuses a
-        mismatch before it stores anything."""
+        """:meth:`write_rows` from normalised dict rows, under a dataset name; returns the
+        server's answer (hash, rows, name, kind)."""
+        return self._put_rows(upload_batches(rows), dataset_hash, name, kind)
+
+    def _put_rows(self, batches: Iterable[pa.RecordBatch], dataset_hash: str, name: str, kind: str
+                  ) -> dict[str, Any]:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, S.UPLOAD_SCHEMA) as w:
-            for b in upload_batches(rows):
+            for b in batches:
                 w.write_batch(b)
         with self.http.open("PUT", "/v1/datasets", {"name": name, "kind": kind, "dataset_hash": dataset_hash},
                             sink.getvalue().to_pybytes(), {"Content-Type": ARROW}) as r:
-            return json.loads(r.read())
+            got = json.loads(r.read())
+        if got["dataset_hash"] != dataset_hash:
+            raise EmbrmError("the server fingerprinted the rows differently; are client and server the same embrm?")
+        return got
 
     def start_entry(self, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> dict[str, Any]:
         """Start (or find) the dataset job of an uploaded dataset under the served model."""
@@ -179,3 +202,11 @@ class ServiceStore(Store):
 
     def entry_status(self, model_hash: str, dataset_hash: str) -> dict[str, Any]:
         return self.http.json("GET", f"/v1/entries/{model_hash}/{dataset_hash}")
+
+
+def _upload_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch]:
+    """Batches of the row schema as batches of the upload schema (the server derives
+    position and item key again, from the order and the texts)."""
+    for b in batches:
+        t = pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+        yield from t.select(S.UPLOAD_SCHEMA.names).cast(S.UPLOAD_SCHEMA).to_batches()
