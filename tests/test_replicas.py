@@ -58,6 +58,7 @@ def test_of_replicas_claiming_one_epoch_at_once_exactly_one_wins(where, tmp_path
     assert open_store(uri).job("job-a") is not None
 
 
+@pytest.mark.slow
 def test_a_job_whose_replica_is_killed_is_reported_and_finished_by_the_other(tmp_path, tiny_model):
     """Any replica reports any job; SIGKILL its replica and the other takes it over
     within a lease (plus one look) and finishes it: every row once."""
@@ -90,6 +91,7 @@ def test_a_job_whose_replica_is_killed_is_reported_and_finished_by_the_other(tmp
 
 
 # --------------------------------------------------------------- staleness
+@pytest.mark.slow
 def test_what_one_replica_commits_or_publishes_the_other_serves_within_the_bound(tmp_path, tiny_model):
     store = tmp_path / "store"
     run = train_run(tmp_path, tiny_model)
@@ -153,6 +155,7 @@ def test_health_is_ready_only_while_the_service_runs(tmp_path, tiny_model):
     assert client.get("/health").status_code == 503 and not svc.ready  # shut down
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_the_jobs_window_then_exits_0(tmp_path, tiny_model):
     store = tmp_path / "store"
     s = Server(tiny_model, store, "--window", "32", "--replica-id", "A", "--max-wait-ms", "1500", *FAST)
