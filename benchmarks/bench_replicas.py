@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=200)
     ap.add_argument("--commit-seconds", type=float, default=0.2)
     ap.add_argument("--leases", default="2,5")
+    ap.add_argument("--parts", default="throughput,staleness,takeover", help="which measurements to run")
     ap.add_argument("--json", default="replicas.json")
     a = ap.parse_args()
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
@@ -183,17 +184,21 @@ def main() -> None:
         d = Path(tmp)
         for sub in ("lb1", "lb2"):
             (d / sub).mkdir()
-        thr = bench_throughput(d, model, a.rounds, a.seconds, a.clients)
-        print("\ncached lookups through HAProxy, each replica pinned to one core (median of rounds)")
-        print(table([{"replicas": 1, "vectors_per_s": thr["vectors_per_s_1"]},
-                     {"replicas": 2, "vectors_per_s": thr["vectors_per_s_2"]}], floatfmt="{:,.0f}"))
-        print(f"ratio 2/1: {thr['ratio']:.2f}x (target >= 1.6x)", flush=True)
-        st = bench_staleness(d, model, a.commits, a.commit_seconds)
-        print(f"\nstaleness over {st['commits']} commits (--commit-seconds {st['commit_seconds']:g}): "
-              f"median {st['median_s']:.3f} s, max {st['max_s']:.3f} s", flush=True)
-        tk = bench_takeover(d, model, [float(x) for x in a.leases.split(",")], 0.5)
-        print("\njob takeover after a SIGKILL")
-        print(table(tk))
+        parts, thr, st, tk = set(a.parts.split(",")), None, None, None
+        if "throughput" in parts:
+            thr = bench_throughput(d, model, a.rounds, a.seconds, a.clients)
+            print("\ncached lookups through HAProxy, each replica pinned to one core (median of rounds)")
+            print(table([{"replicas": 1, "vectors_per_s": thr["vectors_per_s_1"]},
+                         {"replicas": 2, "vectors_per_s": thr["vectors_per_s_2"]}], floatfmt="{:,.0f}"))
+            print(f"ratio 2/1: {thr['ratio']:.2f}x (target >= 1.6x)", flush=True)
+        if "staleness" in parts:
+            st = bench_staleness(d, model, a.commits, a.commit_seconds)
+            print(f"\nstaleness over {st['commits']} commits (--commit-seconds {st['commit_seconds']:g}): "
+                  f"median {st['median_s']:.3f} s, max {st['max_s']:.3f} s", flush=True)
+        if "takeover" in parts:
+            tk = bench_takeover(d, model, [float(x) for x in a.leases.split(",")], 0.5)
+            print("\njob takeover after a SIGKILL")
+            print(table(tk))
     load1 = os.getloadavg()
     print(f"\n# load average before {load0[0]:.1f}, after {load1[0]:.1f} (a shared machine when these are above ~1)")
     path = write_json(a.json, {"throughput": thr, "staleness": st, "takeover": tk,

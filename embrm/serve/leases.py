@@ -91,9 +91,9 @@ class JobLeases:
 
     # ------------------------------------------------------------ reports
     def report(self) -> list[dict[str, Any]]:
-        """Every job of the store (any replica's), running ones first; jobs held here with
-        their live progress, others as of their owner's last heartbeat."""
-        out = {r.job_id: record_dict(r) for r in self.store.jobs()}
+        """Every job of the store (any replica's), running ones first; jobs this replica
+        ran last with their live counts, others as of their owner's last heartbeat."""
+        out = {r.job_id: self._merged(r) for r in self.store.jobs()}
         with self._lock:
             for jid, rec in self._mine.items():
                 job = self.jobs.get(rec.model_hash, rec.dataset_hash)
@@ -109,8 +109,15 @@ class JobLeases:
             return self._local_dict(job, rec)
         cur = self.store.job(jid)
         if cur is not None:
-            return record_dict(cur)
+            return self._merged(cur)
         return job.as_dict() if job is not None else None
+
+    def _merged(self, r: JobRecord) -> dict[str, Any]:
+        """A stored record; with this process's counts when it ran that epoch here."""
+        job = self.jobs.get(r.model_hash, r.dataset_hash)
+        if job is not None and r.owner == self.owner and job.status != "running":
+            return self._local_dict(job, r)
+        return record_dict(r)
 
     def _local_dict(self, job: Job, rec: JobRecord) -> dict[str, Any]:
         return {**job.as_dict(), "job_id": rec.job_id, "owner": rec.owner, "epoch": rec.epoch,
