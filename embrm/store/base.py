@@ -87,6 +87,11 @@ class Store(ABC):
     def pull_run(self, name: str, out: Path) -> Path:
         """Write a published run's files into the directory ``out``."""
 
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        """How an entry's vectors were computed: ``{"provenance": [{id, vectors, facts}]}``
+        (see :mod:`embrm.store.provenance`); with ``ids``, also ``"ids"``: key -> id."""
+        self.refuse("reading provenance", "use a store on local disk, object storage or a service")
+
     # ------------------------------------------------------------ front ends
     def writable(self, purpose: str) -> LanceStore:
         """This store as one that takes vector writes from this process (the extraction

@@ -63,6 +63,7 @@ class LanceStore(Store):
         self.rows = DatasetRows(tables, uri)
         self.vectors = VectorTables(tables, uri)
         self.writer = VectorWriter(tables, self.vectors)
+        self.provenance = self.writer.provenance
         self.reader = EntryReader(self.rows, self.vectors, self.cache, cache_by_default)
         self.registry = RunRegistry(tables, uri)
 
@@ -113,6 +114,26 @@ class LanceStore(Store):
         self.catalog.begin(model_hash, model_name, model_config, dataset_hash, dataset_name, dataset_source, kind,
                            n_rows)
 
+    # ------------------------------------------- the write protocol (see #29)
+    def write_rows(self, dataset_hash: str, batches: Any, n_rows: int, kind: str | None = None) -> None:
+        """Write a dataset's rows table (idempotent; see :meth:`DatasetRows.write`)."""
+        self.rows.write(dataset_hash, batches, n_rows, kind)
+
+    def has_rows(self, dataset_hash: str) -> bool:
+        return self.rows.has(dataset_hash)
+
+    def missing_keys(self, model_hash: str, keys: pa.Array) -> pa.Array:
+        """The distinct ``keys`` without a vector under this model."""
+        return self.vectors.missing(model_hash, keys)
+
+    def vector_info(self, model_hash: str) -> Any:
+        return self.vectors.info(model_hash)
+
+    def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
+        """Commit a table of :func:`~embrm.store.vectors.build_vector_table` (keys already
+        stored are skipped); returns the rows added."""
+        return self.writer.commit(model_hash, table)
+
     def finish_entry(self, model_hash: str, dataset_hash: str, compact_vectors: bool = True) -> Entry:
         """Count what is stored for the entry, set its status, and compact its vector table.
 
@@ -136,6 +157,11 @@ class LanceStore(Store):
         if compact_vectors:
             compact(self.tables, S.vector_table(model_hash))
         return e
+
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        from embrm.store.transfer import entry_provenance
+
+        return entry_provenance(self, self.resolve(model, dataset), ids)
 
     def table_versions(self, e: Entry) -> tuple[int, int]:
         """(vector table version, rows table version): what a cached load or an ETag keys on."""

@@ -177,5 +177,10 @@ class ServiceStore(Store):
         return self.http.json("POST", "/v1/entries", {"dataset": dataset_hash, "name": name, "kind": kind,
                                                       "source": source})
 
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        """How the entry's vectors were computed (``GET .../provenance``; see
+        :func:`embrm.store.transfer.entry_provenance`)."""
+        return self.http.json("GET", f"/v1/entries/{_q(model)}/{_q(dataset)}/provenance", params={"ids": ids or None})
+
     def entry_status(self, model_hash: str, dataset_hash: str) -> dict[str, Any]:
         return self.http.json("GET", f"/v1/entries/{model_hash}/{dataset_hash}")
