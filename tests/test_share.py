@@ -311,6 +311,53 @@ def test_a_copy_and_an_extraction_into_the_same_entry_store_each_item_once(src, 
     _same(src["store"], dst, src["mh"], src["dh"])
 
 
+def _put_window(url: str, mh: str, table) -> tuple[int, str]:
+    from embrm.store.wire import ARROW, to_ipc
+
+    from servers import http
+
+    status, body, _ = http("PUT", f"{url}/v1/vectors/{mh}", to_ipc(table), {"Content-Type": ARROW})
+    return status, json.loads(body)["error"]["message"] if status >= 400 else ""
+
+
+def test_a_service_takes_copies_in_checked_and_gives_them_back_bit_for_bit(src, tmp_path, tiny_model):
+    from embrm.store.vectors import build_vector_table
+
+    from servers import Server
+
+    s = Server(tiny_model, tmp_path / "svc")
+    try:
+        mh, dh = src["mh"], src["dh"]
+        keys = [f"{i:032x}" for i in range(2)]
+        ok = build_vector_table(keys, {x: np.ones((2, 32), np.float32) for x in LAYERS}, np.ones(2), np.zeros(2, bool))
+        assert _put_window(s.url, mh, ok) == (400, f"model {mh[:12]} is not registered here; "
+                                              "register its entry first (POST /v1/entries/register)")
+        res = copy_store(open_store(src["store"]), open_store(s.url), [(mh, dh)], progress=False)
+        assert res["entries"][0].copied == 24
+        nan = build_vector_table(keys, {x: np.ones((2, 32), np.float32) for x in LAYERS}, np.ones(2),
+                                 np.zeros(2, bool))
+        flat = nan.column(S.layer_column(1)).combine_chunks().flatten().to_numpy().copy()
+        flat[3] = np.nan
+        import pyarrow as pa
+
+        nan = nan.set_column(nan.schema.get_field_index(S.layer_column(1)), S.layer_column(1),
+                             pa.FixedSizeListArray.from_arrays(pa.array(flat), 32))
+        assert _put_window(s.url, mh, nan) == (400, "layer 1 has NaN or inf values; refusing to store them")
+        bad_key = build_vector_table(["X" * 32, keys[1]], {x: np.ones((2, 32), np.float32) for x in LAYERS},
+                                     np.ones(2), np.zeros(2, bool))
+        assert _put_window(s.url, mh, bad_key)[1] == "every item key must be 32 lowercase hex digits"
+        one_layer = build_vector_table(keys, {-1: np.ones((2, 32), np.float32)}, np.ones(2), np.zeros(2, bool))
+        assert "the model registered [-1, 1]" in _put_window(s.url, mh, one_layer)[1]
+        assert len(open_store(tmp_path / "svc").vectors.cached(mh)) == 24  # nothing of the refused windows
+        again = copy_store(open_store(src["store"]), open_store(s.url), [(mh, dh)], progress=False)
+        assert again["entries"][0].copied == 0
+        copy_store(open_store(s.url), open_store(tmp_path / "back", create=True), [(mh, dh)], progress=False)
+        _same(src["store"], tmp_path / "back", mh, dh)
+        _same(src["store"], tmp_path / "svc", mh, dh)
+    finally:
+        s.stop()
+
+
 def test_service_extraction_records_provenance_and_copies_out_bit_for_bit(tmp_path, tiny_model):
     from servers import Server
 

@@ -17,8 +17,8 @@ source, rows), the vectors (count, dim, dtype, layers, checksum in key order as
 provenance records of the ids the vectors carry. Plain tools read the files as they are
 (``pyarrow.parquet``, ``datasets.load_dataset``).
 
-Import (:mod:`embrm.store.bundle_check` checks everything first, then this module
-commits like a copy does: :func:`~embrm.store.copy.copy_from`).
+Import: :func:`embrm.store.bundle_check.import_bundle` checks everything first, then
+commits like a copy does (:func:`~embrm.store.copy.copy_from`).
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from embrm.store.transfer import EntrySource, checksum, digests, source_of
 
 if TYPE_CHECKING:
     from embrm.store.base import Store
-    from embrm.store.copy import CopyResult
 
 MANIFEST = "embrm-entry.json"
 CROISSANT = "croissant.json"
@@ -104,16 +103,6 @@ def _write_parts(source: EntrySource, tmp: Path) -> dict[str, Any]:
         "files": files,
         "provenance": {i: records[i] for i in sorted(ids) if i in records},
     }
-
-
-def import_bundle(store: Store, bundle: str | Path, progress: bool = False) -> CopyResult:
-    """Check a bundle whole (:func:`embrm.store.bundle_check.checked_bundle`), then commit
-    its entry into ``store`` as a copy does; a second import of it is a no-op."""
-    from embrm.store.bundle_check import checked_bundle
-    from embrm.store.copy import copy_from, target_of
-
-    target = target_of(store, "importing a bundle into it")
-    return copy_from(checked_bundle(bundle), target, progress)
 
 
 # ------------------------------------------------------------------ descriptions

@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +29,14 @@ from embrm.errors import EmbrmError
 from embrm.store import schema as S
 from embrm.store.bundle import FORMAT, FORMAT_VERSION, MANIFEST, ROWS_FILE, VECTORS_FILE, sha256_file
 from embrm.store.catalog import Entry, check_dataset_name, now
-from embrm.store.keys import DatasetHasher, ModelFingerprint, item_key
+from embrm.store.keys import DatasetHasher, fingerprint_of_config, item_key
 from embrm.store.provenance import check_facts
 from embrm.store.transfer import SCAN_ROWS, EntrySource, checksum, digests, layer_arrays
 from embrm.store.vectors import VectorInfo
+
+if TYPE_CHECKING:
+    from embrm.store.base import Store
+    from embrm.store.copy import CopyResult
 
 MAX_MANIFEST = 4 << 20
 MAX_ROWS = 1 << 32
@@ -41,8 +45,6 @@ MAX_LAYERS = 512
 MAX_FILE_BYTES = 1 << 40
 SHOWN = 5
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FINGERPRINT_PARTS = ("source", "weights", "dtype", "pooling", "layers", "max_length", "truncation_side",
-                     "input_format", "template", "name_hint")
 
 
 def _bad(what: str) -> EmbrmError:
@@ -109,17 +111,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 def check_fingerprint(m: dict[str, Any]) -> None:
     """Step 2: the model hash is the hash of the fingerprint parts the manifest gives."""
-    cfg = m["model"]["config"]
-    lacking = [k for k in FINGERPRINT_PARTS[:-2] if k not in cfg]
-    if lacking:
-        raise _bad(f"the model configuration lacks the fingerprint part(s) {lacking}")
     try:
-        fp = ModelFingerprint(**{k: cfg.get(k, "") for k in FINGERPRINT_PARTS} | {"layers": tuple(cfg["layers"])})
-        h = fp.hash
-    except (TypeError, ValueError):
-        raise _bad("the model configuration's fingerprint parts have the wrong types") from None
-    if h != m["model"]["hash"]:
-        raise _bad(f"the model fingerprint's parts hash to {h[:12]}, not the {m['model']['hash'][:12]} claimed")
+        fp = fingerprint_of_config(m["model"]["config"], m["model"]["hash"])
+    except EmbrmError as e:
+        raise _bad(str(e)) from None
     if set(fp.layers) != set(m["vectors"]["layers"]):
         raise _bad(f"the fingerprint's layers {list(fp.layers)} are not the vectors' {m['vectors']['layers']}")
 
@@ -246,3 +241,12 @@ def checked_bundle(bundle: str | Path) -> BundleSource:
     rows = check_rows(root, m)
     vectors = check_vectors(root, m, pc.unique(rows.column("item_key")))
     return BundleSource(m, rows, vectors)
+
+
+def import_bundle(store: Store, bundle: str | Path, progress: bool = False) -> CopyResult:
+    """Check a bundle whole (:func:`embrm.store.bundle_check.checked_bundle`), then commit
+    its entry into ``store`` as a copy does; a second import of it is a no-op."""
+    from embrm.store.copy import copy_from, target_of
+
+    target = target_of(store, "importing a bundle into it")
+    return copy_from(checked_bundle(bundle), target, progress)

@@ -119,7 +119,7 @@ def store_copy(src: str, dst: str, keys: tuple[str, ...], everything: bool, rms:
 def store_import(bundle: str, store_uri: str | None) -> None:
     """Import a bundle directory (made by `store export --format bundle`), checked first."""
     from embrm.store import open_store
-    from embrm.store.bundle import import_bundle
+    from embrm.store.bundle_check import import_bundle
 
     click.echo(import_bundle(open_store(store_uri, create=True), bundle).line())
 

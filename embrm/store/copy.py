@@ -19,6 +19,7 @@ this process writes:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +31,11 @@ from embrm.errors import EmbrmError
 from embrm.store.keys import short
 from embrm.store.provenance import COLUMN as PROV_COLUMN
 from embrm.store.provenance import with_records
-from embrm.store.transfer import EntrySource, checksum, digests, scan_vectors, source_of
+from embrm.store.service import ServiceStore
+from embrm.store.transfer import EntrySource, ServiceSource, checksum, digests, scan_vectors, source_of
 
 if TYPE_CHECKING:
     from embrm.store.base import Store
-    from embrm.store.lance_store import LanceStore
 
 SHOWN_KEYS = 5
 
@@ -58,17 +59,36 @@ class CopyResult:
                 f"checksum {self.checksum[:16]}")
 
 
-def target_of(store: Store, purpose: str) -> LanceStore:
-    """The store as one this process writes (local disk or object storage)."""
-    return store.writable(purpose)
+def target_of(store: Store, purpose: str) -> Any:
+    """The store as a target of the write protocol: one this process writes (local disk
+    or object storage), or a service (its copy routes)."""
+    from embrm.store.service import ServiceStore
+
+    return store if isinstance(store, ServiceStore) else store.writable(purpose)
 
 
-def conflicts(source: EntrySource, target: LanceStore, present: pa.Array) -> dict[str, bytes]:
+def target_vectors(target: Any, e: Any, want: pa.Array) -> Iterator[pa.Table]:
+    """The target's raw vector rows of ``want`` keys: a Lance store's table scanned, a
+    service's entry pulled (every layer; the entry must be registered there)."""
+    from embrm.store.service import ServiceStore
+
+    if not isinstance(target, ServiceStore):
+        yield from scan_vectors(target, e.model_hash, want)
+        return
+    try:
+        there = target.resolve(e.model_hash, e.dataset_hash)
+    except EmbrmError:
+        return
+    if there.layers:
+        yield from ServiceSource(target, there).vectors(want)
+
+
+def conflicts(source: EntrySource, target: Any, present: pa.Array) -> dict[str, bytes]:
     """Digests of the ``present`` keys on the source; raises naming the keys whose vectors
     differ on the target."""
     info = source.info
     theirs: dict[str, bytes] = {}
-    for t in scan_vectors(target, source.entry.model_hash, present):
+    for t in target_vectors(target, source.entry, present):
         theirs.update(digests(t, info))
     ours: dict[str, bytes] = {}
     for t in source.vectors(present):
@@ -83,7 +103,7 @@ def conflicts(source: EntrySource, target: LanceStore, present: pa.Array) -> dic
     return ours
 
 
-def _fits(source: EntrySource, target: LanceStore) -> None:
+def _fits(source: EntrySource, target: Any) -> None:
     have, info, e = target.vector_info(source.entry.model_hash), source.info, source.entry
     if have is not None and (have.dim, have.dtype, set(have.layers)) != (info.dim, info.dtype, set(info.layers)):
         raise EmbrmError(f"{target.uri} stores model {short(e.model_hash)} as dim {have.dim} {have.dtype} layers "
@@ -97,7 +117,7 @@ def copy_entry(src: Store, dst: Store, model: str, dataset: str, progress: bool 
     return copy_from(source_of(src, model, dataset), target, progress)
 
 
-def copy_from(source: EntrySource, target: LanceStore, progress: bool = True) -> CopyResult:
+def copy_from(source: EntrySource, target: Any, progress: bool = True) -> CopyResult:
     """Steps 1-3 of the module docstring, from any reader of one entry (a store's or a
     checked bundle's)."""
     e = source.entry
@@ -105,16 +125,24 @@ def copy_from(source: EntrySource, target: LanceStore, progress: bool = True) ->
     keys = source.keys()
     missing = target.missing_keys(e.model_hash, keys)
     present = keys.filter(pc.invert(pc.is_in(keys, value_set=missing)))
+    if isinstance(target, ServiceStore) and len(present):  # its vectors are read through the entry: register it
+        _register(source, target)
     ours = conflicts(source, target, present)
-    target.write_rows(e.dataset_hash, source.rows(), e.n_rows, e.kind)
-    target.begin_entry(e.model_hash, e.model_name, e.model_config, e.dataset_hash, e.dataset_name,
-                       e.dataset_source, e.kind, e.n_rows)
+    _register(source, target)
     copied, size = _send(source, target, missing, ours, progress)
     target.finish_entry(e.model_hash, e.dataset_hash)
     return verify_copy(source, target, ours, copied, len(present), size)
 
 
-def _send(source: EntrySource, target: LanceStore, missing: pa.Array, ours: dict[str, bytes],
+def _register(source: EntrySource, target: Any) -> None:
+    """The target's rows table (idempotent) and catalog entry (kept if it exists)."""
+    e = source.entry
+    target.write_rows(e.dataset_hash, source.rows(), e.n_rows, e.kind)
+    target.begin_entry(e.model_hash, e.model_name, e.model_config, e.dataset_hash, e.dataset_name,
+                       e.dataset_source, e.kind, e.n_rows)
+
+
+def _send(source: EntrySource, target: Any, missing: pa.Array, ours: dict[str, bytes],
           progress: bool) -> tuple[int, int]:
     """Commit the source's vectors of the ``missing`` keys a window at a time; returns
     (vectors added, bytes sent). ``ours`` gains their digests."""
@@ -138,13 +166,13 @@ def _send(source: EntrySource, target: LanceStore, missing: pa.Array, ours: dict
     return copied, size
 
 
-def verify_copy(source: EntrySource, target: LanceStore, ours: dict[str, bytes], copied: int, present: int,
+def verify_copy(source: EntrySource, target: Any, ours: dict[str, bytes], copied: int, present: int,
                 size: int) -> CopyResult:
     """Counts and checksums of the entry's vectors, each side from what it holds."""
     e = source.entry
     want = pa.array(sorted(ours), pa.string())
     theirs: dict[str, bytes] = {}
-    for t in scan_vectors(target, e.model_hash, want):
+    for t in target_vectors(target, e, want):
         theirs.update(digests(t, source.info))
     mine, other = checksum(ours), checksum(theirs)
     if len(theirs) != len(ours) or mine != other:

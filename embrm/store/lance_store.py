@@ -42,6 +42,7 @@ from embrm.store.loader import EntryReader
 from embrm.store.location import LOCAL, OBJECT, Location
 from embrm.store.maintenance import compact, gc
 from embrm.store.object_store import ObjectTables, storage_options
+from embrm.store.provenance import entry_provenance
 from embrm.store.registry import RunRegistry
 from embrm.store.rows import DatasetRows
 from embrm.store.tables import LOCKS, SUFFIX, LocalTables, Tables
@@ -159,8 +160,6 @@ class LanceStore(Store):
         return e
 
     def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
-        from embrm.store.transfer import entry_provenance
-
         return entry_provenance(self, self.resolve(model, dataset), ids)
 
     def table_versions(self, e: Entry) -> tuple[int, int]:

@@ -30,6 +30,8 @@ from embrm.store.keys import _sha, canonical_json
 from embrm.store.tables import merge
 
 if TYPE_CHECKING:
+    from embrm.store.catalog import Entry
+    from embrm.store.lance_store import LanceStore
     from embrm.store.tables import Tables
 
 TABLE = "provenance"
@@ -119,7 +121,7 @@ def id_counts(ids: pa.Array | pa.ChunkedArray) -> dict[str, int]:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """One line for one provenance record of :func:`~embrm.store.transfer.entry_provenance`."""
+    """One line for one provenance record of :func:`~embrm.store.provenance.entry_provenance`."""
     f = record.get("facts") or {}
     if not record.get("id"):
         return f"{record['vectors']} vectors: no provenance recorded (written by an older embrm)"
@@ -131,3 +133,24 @@ def describe(record: dict[str, Any]) -> str:
 def mixed(prov: dict[str, Any]) -> bool:
     """Whether an entry's vectors come from more than one provenance."""
     return len(prov.get("provenance") or []) > 1
+
+
+def entry_provenance(store: LanceStore, e: Entry, ids: bool = False) -> dict[str, Any]:
+    """How an entry's vectors were computed: one record per provenance id with the number
+    of the entry's vectors that carry it; with ``ids``, also key -> id for every stored
+    key of the entry ("" for a vector without provenance)."""
+    info = store.vectors.info(e.model_hash)
+    want = pc.unique(store.rows.keys(e.dataset_hash))
+    out: dict[str, Any] = {"provenance": []}
+    if info is None:
+        return out | ({"ids": {}} if ids else {})
+    cols = ("provenance",) if info.provenance else ()
+    vt = store.vectors.keys(e.model_hash, cols)
+    vt = vt.filter(pc.is_in(vt.column("item_key"), value_set=want))
+    col = vt.column("provenance") if info.provenance else pa.nulls(len(vt), pa.string())
+    counts = id_counts(col)
+    facts = store.provenance.facts([k for k in counts if k])
+    out["provenance"] = [{"id": k, "vectors": n, "facts": facts.get(k)} for k, n in sorted(counts.items())]
+    if ids:
+        out["ids"] = dict(zip(vt.column("item_key").to_pylist(), pc.fill_null(col, "").to_pylist()))
+    return out

@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
 from embrm.store.provenance import COLUMN as PROV_COLUMN
-from embrm.store.provenance import id_counts
 from embrm.store.vectors import VectorInfo
 
 if TYPE_CHECKING:
@@ -207,24 +206,3 @@ class ServiceSource(EntrySource):
             cols += [pa.Table.from_batches([p]).column("vector").take(idx) for p in parts]
             cols.append(pa.array([ids[keys[i]] or None for i in keep], pa.string()))
             yield pa.Table.from_arrays(cols, schema=self.info.schema())
-
-
-def entry_provenance(store: LanceStore, e: Entry, ids: bool = False) -> dict[str, Any]:
-    """How an entry's vectors were computed: one record per provenance id with the number
-    of the entry's vectors that carry it; with ``ids``, also key -> id for every stored
-    key of the entry ("" for a vector without provenance)."""
-    info = store.vectors.info(e.model_hash)
-    want = _unique(store.rows.keys(e.dataset_hash))
-    out: dict[str, Any] = {"provenance": []}
-    if info is None:
-        return out | ({"ids": {}} if ids else {})
-    cols = ("provenance",) if info.provenance else ()
-    vt = store.vectors.keys(e.model_hash, cols)
-    vt = vt.filter(pc.is_in(vt.column("item_key"), value_set=want))
-    col = vt.column("provenance") if info.provenance else pa.nulls(len(vt), pa.string())
-    counts = id_counts(col)
-    facts = store.provenance.facts([k for k in counts if k])
-    out["provenance"] = [{"id": k, "vectors": n, "facts": facts.get(k)} for k, n in sorted(counts.items())]
-    if ids:
-        out["ids"] = dict(zip(vt.column("item_key").to_pylist(), pc.fill_null(col, "").to_pylist()))
-    return out

@@ -142,7 +142,7 @@ async def gc(svc: Svc) -> dict[str, int]:
 async def provenance(svc: Svc, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
     """How an entry's vectors were computed: provenance records and their counts; with
     ``ids``, the id of every stored key (what a copy from this service carries along)."""
-    from embrm.store.transfer import entry_provenance
+    from embrm.store.provenance import entry_provenance
 
     e = await run_in_threadpool(resolve, svc, model, dataset)
     return await run_in_threadpool(entry_provenance, svc.store, e, ids)
