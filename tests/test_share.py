@@ -239,9 +239,9 @@ def test_a_conflicting_target_is_refused_naming_the_keys(src, tmp_path):
 
 COPY_SCRIPT = """
 import sys, time
-from embrm.store import transfer, open_store
+from embrm.store import copy, transfer, open_store
 from embrm.store.lance_store import LanceStore
-transfer.SCAN_ROWS = 3
+transfer.SCAN_ROWS, copy.COMMIT_BYTES = 3, 1  # a commit of each window of at most three vectors
 commit = LanceStore.commit_vectors
 def slow(self, mh, t):
     n = commit(self, mh, t)

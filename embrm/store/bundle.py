@@ -8,8 +8,8 @@ A bundle holds::
     README.md                   a dataset card whose `configs` name the two tables
     rows/rows-00000.parquet     the dataset's rows in order: position, item key,
                                 prompt id, response index, role, label, reward, texts
-    vectors/vectors-00000.parquet  one row per item key: token facts, one fixed-size
-                                list column per stored layer, the provenance id
+    vectors/vectors-00000.parquet  one row per item key, in key order: token facts, one
+                                fixed-size list column per stored layer, the provenance id
 
 The manifest names the model fingerprint and its parts, the dataset (hash, name, kind,
 source, rows), the vectors (count, dim, dtype, layers, checksum in key order as
@@ -82,10 +82,17 @@ def _write_parts(source: EntrySource, tmp: Path) -> dict[str, Any]:
     ids: set[str] = set()
 
     def vector_tables() -> Iterator[pa.Table]:
+        """Every vector in key order, so a bundle's bytes do not depend on the order the
+        store that made it holds its rows in (the vectors are in memory once, here)."""
+        parts = []
         for t in source.vectors():
             keyed.update(digests(t, info))
             ids.update(i for i in t.column("provenance").to_pylist() if i)
-            yield t.replace_schema_metadata(None)
+            parts.append(t.replace_schema_metadata(None))
+        if parts:
+            whole = pa.concat_tables(parts).sort_by("item_key")
+            for s in range(0, len(whole), 65536):
+                yield whole.slice(s, 65536)
 
     write_parquet(tmp / VECTORS_FILE, vector_tables())
     records = source.records()

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from embrm.store.base import Store
 
 SHOWN_KEYS = 5
+#: Vectors sent as one commit: fewer, larger commits (one object-store merge or one
+#: service request each) at a bounded cost of work lost to a crash.
+COMMIT_BYTES = 32 << 20
 
 
 @dataclass
@@ -152,15 +155,25 @@ def _send(source: EntrySource, target: Any, missing: pa.Array, ours: dict[str, b
     bar = tqdm(total=len(missing), unit="vec", desc=f"copy {e.dataset_name}"[:40], disable=not progress or not
                len(missing), leave=False)
     copied = size = 0
+    pending: list[pa.Table] = []
+
+    def commit() -> int:
+        t = pa.concat_tables(pending)
+        pending.clear()
+        ids = {i for i in pc.unique(t.column(PROV_COLUMN)).to_pylist() if i}
+        return target.commit_vectors(e.model_hash, with_records(t, {i: records[i] for i in ids if i in records}))
+
     try:
         for t in source.vectors(missing):
             ours.update(digests(t, source.info))
-            ids = {i for i in pc.unique(t.column(PROV_COLUMN)).to_pylist() if i}
-            copied += target.commit_vectors(e.model_hash, with_records(t, {i: records[i] for i in ids
-                                                                            if i in records}))
+            pending.append(t.replace_schema_metadata(None))
+            if sum(p.nbytes for p in pending) >= COMMIT_BYTES:
+                copied += commit()
             size += t.nbytes
             bar.update(len(t))
             bar.set_postfix(MB=f"{size / 1e6:,.1f}", refresh=False)
+        if pending:
+            copied += commit()
     finally:
         bar.close()
     return copied, size
