@@ -173,8 +173,9 @@ def check_rows(root: Path, m: dict[str, Any]) -> pa.Table:
     return t
 
 
-def check_vectors(root: Path, m: dict[str, Any], keys: pa.Array) -> pa.Table:
-    """Step 5: the vectors as claimed, of the dataset's keys, with their checksum."""
+def check_vectors(root: Path, m: dict[str, Any], keys: pa.Array) -> tuple[pa.Table, dict[str, bytes]]:
+    """Step 5: the vectors as claimed, of the dataset's keys, with their checksum; and
+    their digests."""
     v = m["vectors"]
     info = VectorInfo(v["dim"], v["dtype"], tuple(v["layers"]))
     t = _parquet(root / VECTORS_FILE, VECTORS_FILE)
@@ -198,16 +199,17 @@ def check_vectors(root: Path, m: dict[str, Any], keys: pa.Array) -> pa.Table:
     ids = {i for i in pc.unique(t.column("provenance")).to_pylist() if i}
     if ids - set(m["provenance"]):
         raise _bad(f"vectors carry provenance id(s) {sorted(ids - set(m['provenance']))[:3]} the manifest lacks")
-    if checksum(digests(t, info)) != v["checksum"]:
+    keyed = digests(t, info)
+    if checksum(keyed) != v["checksum"]:
         raise _bad("the vectors' checksum is not the manifest's")
-    return t
+    return t, keyed
 
 
 class BundleSource(EntrySource):
     """A checked bundle as the source of a copy into a store."""
 
-    def __init__(self, m: dict[str, Any], rows: pa.Table, vectors: pa.Table):
-        self.m, self._rows, self._vectors = m, rows, vectors
+    def __init__(self, m: dict[str, Any], rows: pa.Table, vectors: pa.Table, keyed: dict[str, bytes]):
+        self.m, self._rows, self._vectors, self.known_digests = m, rows, vectors, keyed
         v, d, t = m["vectors"], m["dataset"], now()
         self.info = VectorInfo(v["dim"], v["dtype"], tuple(v["layers"]))
         self.entry = Entry(m["model"]["hash"], str(m["model"].get("name") or m["model"]["hash"][:12])[:200],
@@ -239,8 +241,8 @@ def checked_bundle(bundle: str | Path) -> BundleSource:
     check_fingerprint(m)
     check_files(root, m)
     rows = check_rows(root, m)
-    vectors = check_vectors(root, m, pc.unique(rows.column("item_key")))
-    return BundleSource(m, rows, vectors)
+    vectors, keyed = check_vectors(root, m, pc.unique(rows.column("item_key")))
+    return BundleSource(m, rows, vectors, keyed)
 
 
 def import_bundle(store: Store, bundle: str | Path, progress: bool = False) -> CopyResult:

@@ -133,8 +133,20 @@ def copy_from(source: EntrySource, target: Any, progress: bool = True) -> CopyRe
     ours = conflicts(source, target, present)
     _register(source, target)
     copied, size = _send(source, target, missing, ours, progress)
-    target.finish_entry(e.model_hash, e.dataset_hash)
+    _finish(target, e.model_hash, e.dataset_hash)
     return verify_copy(source, target, ours, copied, len(present), size)
+
+
+def _finish(target: Any, model_hash: str, dataset_hash: str) -> None:
+    """Count and set the entry's status. A Lance target is not compacted here: a copy
+    commits windows of ``COMMIT_BYTES``, already large fragments (compacting would write
+    every vector a second time); ``embrm store gc`` compacts when asked."""
+    from embrm.store.lance_store import LanceStore
+
+    if isinstance(target, LanceStore):
+        target.finish_entry(model_hash, dataset_hash, compact_vectors=False)
+    else:
+        target.finish_entry(model_hash, dataset_hash)
 
 
 def _register(source: EntrySource, target: Any) -> None:
@@ -165,7 +177,8 @@ def _send(source: EntrySource, target: Any, missing: pa.Array, ours: dict[str, b
 
     try:
         for t in source.vectors(missing):
-            ours.update(digests(t, source.info))
+            ours.update(digests(t, source.info) if source.known_digests is None else
+                        {k: source.known_digests[k] for k in t.column("item_key").to_pylist()})
             pending.append(t.replace_schema_metadata(None))
             if sum(p.nbytes for p in pending) >= COMMIT_BYTES:
                 copied += commit()
