@@ -110,8 +110,8 @@ def test_open_store_returns_one_backend_per_kind_of_place(tmp_path):
     with pytest.raises(EmbrmError, match="scheme ftp:// is not supported"):
         open_store("ftp://host/x")
     with pytest.raises(EmbrmError, match=r"embrm serve is not possible on a store on service \(http://127.0.0.1:9\)"):
-        service.writable("embrm serve")
-    assert local.writable("x") is local
+        service.check_engine("local", "embrm serve")
+    assert local.check_engine("local", "x") is None and local.extraction_engines() == ("local", "ray")
 
 
 def test_commands_refuse_what_a_backend_cannot_do_in_one_line(tmp_path):
@@ -126,3 +126,39 @@ def test_commands_refuse_what_a_backend_cannot_do_in_one_line(tmp_path):
     res = r.invoke(cli, ["extract", "--dataset", str(data), "--store", "http://127.0.0.1:9", "--server",
                          "http://127.0.0.1:9"])
     assert res.exit_code == 2 and "give one of them" in res.output
+
+
+STORE_PARTS = {"rows", "vectors", "writer", "catalog", "registry", "reader", "tables", "cache"}
+
+
+def _outside(package: str) -> list[Path]:
+    return [p for p in PKG.rglob("*.py") if not _module(p).startswith(package)]
+
+
+def test_no_module_outside_the_store_calls_a_store_part():
+    """Callers write and read through Store's methods (its write protocol included), never
+    through a backend's parts: ``store.rows.write`` and the like stay inside ``store/``."""
+    bad = []
+    for p in _outside("embrm.store"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in STORE_PARTS and \
+                    ast.unparse(node.value).split(".")[-1] == "store":
+                bad.append((str(p.relative_to(PKG)), node.lineno, ast.unparse(node)))
+    assert not bad, bad
+
+
+def test_the_store_interface_names_no_backend():
+    """store/base.py is the interface: it imports no backend, even for annotations."""
+    text = (PKG / "store" / "base.py").read_text()
+    imported = {n for n in _runtime_imports(PKG / "store" / "base.py")}
+    tree = ast.parse(text)
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    backends = {"embrm.store.lance_store", "embrm.store.service", "embrm.store.object_store", "embrm.store.tables",
+                "embrm.store.backends"}
+    assert not imported & backends, imported & backends
+    assert "LanceStore" not in text and "ServiceStore" not in text.split('"""', 2)[2]
+
+
+def test_the_engine_is_chosen_by_asking_the_store():
+    text = (PKG / "extractor" / "engines" / "__init__.py").read_text()
+    assert "isinstance" not in text and "extraction_engines()" in text

@@ -20,11 +20,11 @@ import pyarrow as pa
 
 from embrm.errors import EmbrmError
 from embrm.extractor.datasets import DatasetSpec, dataset_kind, iter_rows
-from embrm.store import DatasetHasher, item_key
+from embrm.store import DatasetHasher, item_key, row_batches
 
 if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 KEY_CHUNK = 65536
 
@@ -80,13 +80,14 @@ def scan_dataset(spec: DatasetSpec) -> DatasetScan:
     return scan_rows(lambda: iter_rows(spec, stats), spec.name, spec.display(), kind, stats)
 
 
-def stored_scan(store: LanceStore, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> DatasetScan:
+def stored_scan(store: Store, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> DatasetScan:
     """The scan of a dataset whose rows table is in the store already (an upload to the
     service): keys from the table, no source file to read again."""
-    keys = store.rows.keys(dataset_hash)
+    keys = pa.chunked_array([b.column("item_key") for b in store.iter_rows(dataset_hash, ["item_key"], KEY_CHUNK)],
+                            pa.string())
 
     def rows() -> Iterator[dict[str, Any]]:
-        for b in store.rows.iter(dataset_hash):
+        for b in store.iter_rows(dataset_hash):
             yield from b.to_pylist()
 
     return DatasetScan(name, source, kind, dataset_hash, len(keys), 0, keys, rows)
@@ -106,16 +107,16 @@ class ExtractionPlan:
     def n_missing(self) -> int:
         return len(self.missing)
 
-    def register(self, store: LanceStore) -> None:
+    def register(self, store: Store) -> None:
         """Write the dataset's rows table (idempotent) and open the catalog entry."""
         d = self.data
-        store.rows.write(d.dataset_hash, d.rows(), d.n_rows, d.kind)
+        store.write_rows(d.dataset_hash, row_batches(d.rows()), d.n_rows, d.kind)
         store.begin_entry(self.model_hash, self.model_name, self.model_config, d.dataset_hash, d.name,
                           d.source, d.kind, d.n_rows)
 
 
-def plan_extraction(data: DatasetScan, embedder: Embedder, store: LanceStore) -> ExtractionPlan:
+def plan_extraction(data: DatasetScan, embedder: Embedder, store: Store) -> ExtractionPlan:
     """The plan of ``data`` under ``embedder``'s fingerprint: the one way every engine
     (and the service's dataset jobs) starts. Loads no weights."""
     return ExtractionPlan(data, embedder.model_hash, embedder.model_name, embedder.catalog_config(),
-                          store.vectors.missing(embedder.model_hash, data.keys))
+                          store.missing_keys(embedder.model_hash, data.keys))

@@ -112,13 +112,15 @@ def stored_items(store: Store, e: Entry, keys: list[str]) -> tuple[list[str], li
     texts: dict[str, tuple[str, str]] = {}
     vecs: dict[int, dict[str, np.ndarray]] = {layer: {} for layer in e.layers}
     if isinstance(store, LanceStore):
-        from embrm.store.tables import sql_str
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        ds = store.rows.table(e.dataset_hash)
-        flt = "item_key IN (" + ", ".join(sql_str(k) for k in keys) + ")"
-        for r in ds.to_table(columns=["item_key", "prompt", "response"], filter=flt).to_pylist():
-            texts.setdefault(r["item_key"], (r["prompt"], r["response"]))
-        got = store.vectors.point_read(e.model_hash, keys)
+        value_set = pa.array(keys, pa.string())
+        for b in store.iter_rows(e.dataset_hash, ["item_key", "prompt", "response"], 65536):
+            hit = b.filter(pc.is_in(b.column("item_key"), value_set=value_set))
+            for r in hit.to_pylist():
+                texts.setdefault(r["item_key"], (r["prompt"], r["response"]))
+        got = store.read_vectors(e.model_hash, keys)
         out = {layer: got.vectors[layer].astype(np.float32) for layer in e.layers}
     else:  # a service: its Arrow pulls, one per layer
         for layer in e.layers:

@@ -28,19 +28,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embrm.serve.worker import ItemVectors
-from embrm.store.served import record_served
 from embrm.store.vectors import build_vector_table
 
 if TYPE_CHECKING:
     from embrm.serve.metrics import Metrics
     from embrm.serve.settings import Settings
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 log = logging.getLogger("embrm.serve")
 
 
 class ServiceCache:
-    def __init__(self, store: LanceStore, model_hash: str, model_name: str, model_config: dict[str, Any],
+    def __init__(self, store: Store, model_hash: str, model_name: str, model_config: dict[str, Any],
                  metrics: Metrics, settings: Settings, clip: Callable[[str, str], tuple[str, str]]):
         self.store, self.model_hash, self.model_name, self.model_config = store, model_hash, model_name, model_config
         self.clip = clip  # the served table keeps what was embedded, not a 30 MB input
@@ -78,8 +77,8 @@ class ServiceCache:
                 found[k] = hit
             else:
                 rest.append(k)
-        if rest and self.store.vectors.info(self.model_hash) is not None:
-            got = self.store.vectors.point_read(self.model_hash, rest)
+        if rest and self.store.vector_info(self.model_hash) is not None:
+            got = self.store.read_vectors(self.model_hash, rest)
             for i in np.nonzero(got.found)[0].tolist():
                 iv = ItemVectors({layer: v[i] for layer, v in got.vectors.items()}, int(got.n_tokens[i]),
                                  bool(got.truncated[i]))
@@ -142,10 +141,10 @@ class ServiceCache:
         layers = list(ivs[0].vectors)
         data = build_vector_table(keys, {layer: np.stack([iv.vectors[layer] for iv in ivs]) for layer in layers},
                                   np.array([iv.n_tokens for iv in ivs]), np.array([iv.truncated for iv in ivs]),
-                                  expect=self.store.vectors.info(self.model_hash))
-        self.store.writer.commit(self.model_hash, data)
+                                  expect=self.store.vector_info(self.model_hash))
+        self.store.commit_vectors(self.model_hash, data)
         texts = [self.clip(items[k][0], items[k][1]) for k in keys]
-        record_served(self.store, self.model_hash, self.model_name, self.model_config, keys,
+        self.store.record_served(self.model_hash, self.model_name, self.model_config, keys,
                       [p for p, _ in texts], [r for _, r in texts])
         with self._lock:
             for k in keys:

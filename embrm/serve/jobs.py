@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from embrm.serve.metrics import Metrics
     from embrm.serve.settings import Settings
     from embrm.serve.worker import ModelWorker
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 log = logging.getLogger("embrm.serve")
 
@@ -73,7 +73,7 @@ class Job:
 class Jobs:
     """Runs and remembers the dataset jobs of one service process."""
 
-    def __init__(self, store: LanceStore, embedder: Embedder, worker: ModelWorker, cache: ServiceCache,
+    def __init__(self, store: Store, embedder: Embedder, worker: ModelWorker, cache: ServiceCache,
                  metrics: Metrics, settings: Settings):
         self.store, self.embedder, self.worker, self.cache, self.metrics = store, embedder, worker, cache, metrics
         self.window = settings.window
@@ -110,7 +110,7 @@ class Jobs:
         """Start (or return the running) job of a dataset whose rows are in the store."""
         if kind not in S.KINDS:
             raise EmbrmError(f"kind {kind!r} is unknown; use one of {', '.join(S.KINDS)}")
-        if not self.store.rows.has(dataset_hash):
+        if not self.store.has_rows(dataset_hash):
             raise EmbrmError(f"dataset {dataset_hash[:12]} has no rows here; upload it with PUT /v1/datasets first")
         eid = S.entry_id(self.embedder.model_hash, dataset_hash)
         with self._lock:

@@ -16,20 +16,20 @@ from embrm.store import schema as S
 from embrm.store.wire import PULL_COLUMNS, entry_schema
 
 if TYPE_CHECKING:
+    from embrm.store.base import Store
     from embrm.store.catalog import Entry
-    from embrm.store.lance_store import LanceStore
 
 PIECE = 1 << 20
 END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow IPC: continuation marker, zero length
 
 
-def entry_stream(store: LanceStore, e: Entry, layer: int | None, offset: int, limit: int | None, partial: bool,
+def entry_stream(store: Store, e: Entry, layer: int | None, offset: int, limit: int | None, partial: bool,
                  texts: bool, batch_size: int = 8192) -> Iterator[bytes | memoryview]:
     """An entry's rows and vectors in dataset order as Arrow IPC bytes, a batch at a time."""
     schema = entry_schema(e, texts)
     yield schema.serialize().to_pybytes()
     names = PULL_COLUMNS + (S.TEXT_COLUMNS if texts else [])
-    for b in store.reader.iter(e, layer, batch_size, names[1:], partial, offset, limit):
+    for b in store.iter_entry(e.model_hash, e.dataset_hash, layer, batch_size, names[1:], partial, offset, limit):
         flat = pa.array(np.ascontiguousarray(b.vectors).reshape(-1))
         arrays = [b.rows.column(n) for n in names]
         arrays += [pa.array(b.n_tokens, pa.int32()), pa.array(b.truncated, pa.bool_()),

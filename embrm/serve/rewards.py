@@ -29,7 +29,7 @@ from embrm.rm.metrics import AGGREGATIONS, aggregate
 if TYPE_CHECKING:
     from embrm.rm.trainer import RewardModel
     from embrm.serve.worker import ItemVectors
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 
 @dataclass
@@ -68,7 +68,7 @@ def fit_problem(cfg: dict[str, Any], model_hash: str, layers: tuple[int, ...], d
 class RewardModels:
     """The runs a service serves (see the module docstring); safe from any thread."""
 
-    def __init__(self, store: LanceStore, model_hash: str, layers: tuple[int, ...], dim: int,
+    def __init__(self, store: Store, model_hash: str, layers: tuple[int, ...], dim: int,
                  dirs: dict[str, Path] | None = None, poll_seconds: float = 2.0):
         self.store, self.model_hash, self.layers, self.dim = store, model_hash, tuple(layers), dim
         self.poll_seconds = poll_seconds
@@ -101,11 +101,11 @@ class RewardModels:
             return
         with self._lock:
             self._checked = now
-            version = self.store.registry.version()
+            version = self.store.runs_version()
             if version == self._version:
                 return
             fresh: dict[str, ServedRun] = {}
-            for s in self.store.registry.list():
+            for s in self.store.runs():
                 old = self._published.get(s["name"])
                 if old is not None and old.version == s["pushed_at"]:
                     fresh[s["name"]] = old
@@ -151,7 +151,7 @@ class RewardModels:
             if run.model is None:
                 if run.path is None:  # a published run: a private copy of its files
                     tag = hashlib.sha256(f"{run.name}\0{run.version}".encode()).hexdigest()[:16]
-                    run.path = self.store.registry.pull(run.name, self._cache / f"{run.name}-{tag}")
+                    run.path = self.store.pull_run(run.name, self._cache / f"{run.name}-{tag}")
                 run.model, _ = load_run(run.path)
             return run
 

@@ -34,7 +34,8 @@ def build(spec: EmbeddingSpec, store_uri: str | None, device: str = "auto", batc
     embeddings is refused here, before any port opens."""
     from embrm.store.backends import open_store
 
-    store = open_store(store_uri, create=True).writable("embrm serve")
+    store = open_store(store_uri, create=True)
+    store.check_engine("local", "embrm serve")
     embedder = Embedder(spec, device, batch_tokens).load()
     metrics = Metrics()
     cache = ServiceCache(store, embedder.model_hash, embedder.model_name, embedder.catalog_config(), metrics,

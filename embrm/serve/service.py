@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from embrm.serve.rewards import RewardModels
     from embrm.serve.settings import Settings
     from embrm.serve.worker import ModelWorker
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Service:
     """Everything a route needs; built by :func:`embrm.serve.runtime.build`."""
 
     embedder: Embedder
-    store: LanceStore
+    store: Store
     worker: ModelWorker
     cache: ServiceCache
     jobs: Jobs

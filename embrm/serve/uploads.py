@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from fastapi import Request
 
     from embrm.serve.settings import Settings
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 TEXT, IDS = ("prompt", "response"), ("prompt_id", "response_index")
 SLICE = 1024  # rows made into Python objects at a time
@@ -196,7 +196,7 @@ def _check_no_role(b: pa.RecordBatch, at: int, kind: str) -> None:
                          "upload it as pairwise")
 
 
-def store_upload(store: LanceStore, path: Path, name: str, kind: str, expected: str | None) -> dict[str, Any]:
+def store_upload(store: Store, path: Path, name: str, kind: str, expected: str | None) -> dict[str, Any]:
     """Check, fingerprint and compare, then store the uploaded rows (see the module docstring).
 
     Rows become Python objects only ``SLICE`` at a time, for the fingerprint; the rows
@@ -222,15 +222,15 @@ def store_upload(store: LanceStore, path: Path, name: str, kind: str, expected: 
                                 "server normalised differently, or the upload was damaged; nothing was stored",
                            "dataset_hash", "hash_mismatch")
 
-        def batches() -> Iterator[pa.Table]:
+        def batches() -> Iterator[pa.RecordBatch]:
             at = 0
             for b in checked_rows(path, kind):
                 t = pa.Table.from_batches([b])
                 t = t.append_column("position", pa.array(range(at, at + b.num_rows), pa.int64()))
-                yield t.append_column("item_key", scan.keys.slice(at, b.num_rows))
+                yield from t.append_column("item_key", scan.keys.slice(at, b.num_rows)).to_batches()
                 at += b.num_rows
 
-        store.rows.write(scan.dataset_hash, batches(), scan.n_rows, kind)
+        store.write_rows(scan.dataset_hash, batches(), scan.n_rows, kind)
     finally:
         release_memory()
     return {"dataset_hash": scan.dataset_hash, "rows": scan.n_rows, "name": name, "kind": kind}

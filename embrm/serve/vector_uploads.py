@@ -85,7 +85,7 @@ def _checked(store: LanceStore, model_hash: str, t: pa.Table) -> pa.Table:
         raise EmbrmError(f"the vectors are of layers {list(info.layers)}, the model registered {list(layers)}")
     if not 0 < info.dim <= MAX_DIM:
         raise EmbrmError(f"dim {info.dim} is outside 1..{MAX_DIM}")
-    have = store.vectors.info(model_hash)
+    have = store.vector_info(model_hash)
     if have is not None and (have.dim, have.dtype) != (info.dim, info.dtype):
         raise EmbrmError(f"the vectors are dim {info.dim} {info.dtype}; this model's table holds dim {have.dim} "
                          f"{have.dtype}")

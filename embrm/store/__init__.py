@@ -11,6 +11,7 @@ from embrm.store.keys import DatasetHasher, ModelFingerprint, item_key
 from embrm.store.lance_store import LanceStore, LocalStore, ObjectStore
 from embrm.store.loader import Embeddings, EntryBatch
 from embrm.store.location import default_store_uri
+from embrm.store.rows import row_batches
 from embrm.store.service import ServiceStore
 from embrm.store.vector_tables import StoredVectors
 from embrm.store.vectors import VectorInfo, build_vector_table
@@ -33,4 +34,5 @@ __all__ = [
     "export",
     "item_key",
     "open_store",
+    "row_batches",
 ]

@@ -63,11 +63,13 @@ class CopyResult:
 
 
 def target_of(store: Store, purpose: str) -> Any:
-    """The store as a target of the write protocol: one this process writes (local disk
-    or object storage), or a service (its copy routes)."""
-    from embrm.store.service import ServiceStore
+    """The store as a target of the write protocol (local disk, object storage, or a
+    service through its copy routes); another backend refuses ``purpose`` in one line."""
+    from embrm.store.lance_store import LanceStore
 
-    return store if isinstance(store, ServiceStore) else store.writable(purpose)
+    if not isinstance(store, (LanceStore, ServiceStore)):
+        store.refuse(purpose, "copy into a local path, s3://... or an embrm service")
+    return store
 
 
 def target_vectors(target: Any, e: Any, want: pa.Array) -> Iterator[pa.Table]:

@@ -12,10 +12,10 @@ it works on:
 * :attr:`~LanceStore.registry` (:mod:`.registry`): published reward models;
 * maintenance (:mod:`.maintenance`): compaction and ``gc``.
 
-Its own methods are the entry's life cycle, which spans several parts: the seams every
-front end uses (the CLI's extraction loop, the service, the Ray engine) are
-``rows.write`` + :meth:`begin_entry`, ``vectors.missing``, ``vectors.point_read``,
-``writer.commit``, :meth:`finish_entry`, and the reads.
+Its own methods are :class:`~embrm.store.base.Store`'s interface, the write protocol
+included (:meth:`write_rows`, :meth:`begin_entry`, :meth:`missing_keys`,
+:meth:`commit_vectors`, :meth:`finish_entry`, the Ray engine's fragments): each is a
+line or two over the parts, which no module outside ``store/`` touches.
 
 The invariants: every write is a Lance commit (atomic: a crash leaves the table at the
 previous version), done in chunks so a crash loses at most one chunk of work; no item
@@ -25,7 +25,7 @@ key is ever stored twice, whoever writes it (see :mod:`.vector_writes`); an entr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
-from embrm.store.base import Store
+from embrm.store.base import WRITES_HERE, Store
 from embrm.store.cache import LoadCache
 from embrm.store.catalog import HASH_CHARS, Catalog, Entry
 from embrm.store.loader import EntryReader
@@ -45,12 +45,22 @@ from embrm.store.object_store import ObjectTables, storage_options
 from embrm.store.provenance import entry_provenance
 from embrm.store.registry import RunRegistry
 from embrm.store.rows import DatasetRows
+from embrm.store.served import record_served
 from embrm.store.tables import LOCKS, SUFFIX, LocalTables, Tables
 from embrm.store.vector_tables import VectorTables
 from embrm.store.vector_writes import VectorWriter
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from embrm.store.loader import Embeddings, EntryBatch
+    from embrm.store.vector_tables import StoredVectors
+    from embrm.store.vectors import VectorInfo
+
+#: Up to this many distinct keys, :meth:`LanceStore.missing_keys` asks the key index
+#: (which reads only fragments added since it last looked: a window's check costs its own
+#: keys); more (a whole dataset's plan) are checked against one scan of the table's keys.
+INDEX_KEYS = 65536
 
 
 class LanceStore(Store):
@@ -68,8 +78,8 @@ class LanceStore(Store):
         self.reader = EntryReader(self.rows, self.vectors, self.cache, cache_by_default)
         self.registry = RunRegistry(tables, uri)
 
-    def writable(self, purpose: str) -> LanceStore:
-        return self
+    def extraction_engines(self) -> tuple[str, ...]:
+        return WRITES_HERE
 
     @property
     def storage_options(self) -> dict[str, str]:
@@ -115,25 +125,73 @@ class LanceStore(Store):
         self.catalog.begin(model_hash, model_name, model_config, dataset_hash, dataset_name, dataset_source, kind,
                            n_rows)
 
-    # ------------------------------------------- the write protocol (see #29)
-    def write_rows(self, dataset_hash: str, batches: Any, n_rows: int, kind: str | None = None) -> None:
-        """Write a dataset's rows table (idempotent; see :meth:`DatasetRows.write`)."""
+    # ---------------------------------------------------- the write protocol
+    def write_rows(self, dataset_hash: str, batches: Iterable[pa.RecordBatch], n_rows: int, kind: str) -> None:
         self.rows.write(dataset_hash, batches, n_rows, kind)
 
     def has_rows(self, dataset_hash: str) -> bool:
         return self.rows.has(dataset_hash)
 
-    def missing_keys(self, model_hash: str, keys: pa.Array) -> pa.Array:
-        """The distinct ``keys`` without a vector under this model."""
-        return self.vectors.missing(model_hash, keys)
+    def iter_rows(self, dataset_hash: str, columns: list[str] | None = None, batch_size: int = 4096,
+                  offset: int = 0, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+        return self.rows.iter(dataset_hash, columns, batch_size, offset, limit)
 
-    def vector_info(self, model_hash: str) -> Any:
+    def missing_keys(self, model_hash: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
+        uniq = pc.unique(keys)
+        if isinstance(uniq, pa.ChunkedArray):
+            uniq = uniq.combine_chunks()
+        if len(uniq) > INDEX_KEYS:
+            return self.vectors.missing(model_hash, uniq)
+        ds = self.vectors.open(model_hash)
+        if ds is None or len(uniq) == 0:
+            return uniq
+        return uniq.filter(pa.array(~self.vectors.stored(model_hash, ds, uniq.to_pylist())))
+
+    def read_vectors(self, model_hash: str, keys: list[str], layers: Iterable[int] | None = None
+                     ) -> StoredVectors:
+        return self.vectors.point_read(model_hash, keys, layers)
+
+    def vector_info(self, model_hash: str) -> VectorInfo | None:
         return self.vectors.info(model_hash)
 
     def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
-        """Commit a table of :func:`~embrm.store.vectors.build_vector_table` (keys already
-        stored are skipped); returns the rows added."""
         return self.writer.commit(model_hash, table)
+
+    def runs_version(self) -> int | None:
+        return self.registry.version()
+
+    def has_run(self, name: str) -> bool:
+        return self.registry.has(name)
+
+    def push_run_files(self, name: str, files: dict[str, bytes], force: bool = False) -> dict[str, Any]:
+        return self.registry.push_files(name, files, force)
+
+    def run_files(self, name: str) -> dict[str, bytes]:
+        return self.registry.files(name)
+
+    def record_served(self, model_hash: str, model_name: str, model_config: dict[str, Any], keys: list[str],
+                      prompts: list[str], responses: list[str]) -> Entry:
+        return record_served(self, model_hash, model_name, model_config, keys, prompts, responses)
+
+    # -------------------------------------------- the Ray engine's fragments
+    def stored_row_keys(self, dataset_hash: str, batch_size: int = 65536) -> Iterator[tuple[int, pa.Array]]:
+        return self.rows.physical_keys(dataset_hash, batch_size)
+
+    def rows_version(self, dataset_hash: str) -> int:
+        return self.rows.version(dataset_hash)
+
+    def take_rows(self, dataset_hash: str, offsets: np.ndarray, columns: list[str], version: int | None = None
+                  ) -> pa.Table:
+        return self.rows.take(dataset_hash, offsets, columns, version)
+
+    def prepare_vectors(self, model_hash: str, info: VectorInfo) -> None:
+        self.writer.ensure_table(model_hash, info)
+
+    def write_fragments(self, model_hash: str, table: pa.Table) -> list[str]:
+        return self.writer.write_fragments(model_hash, table)
+
+    def commit_fragments(self, model_hash: str, fragments: list[str], keys: pa.Array) -> int:
+        return self.writer.commit_fragments(model_hash, fragments, keys)
 
     def finish_entry(self, model_hash: str, dataset_hash: str, compact_vectors: bool = True) -> Entry:
         """Count what is stored for the entry, set its status, and compact its vector table.

@@ -130,6 +130,13 @@ class DatasetRows:
             at += len(b)
 
 
+def row_batches(rows: Iterable[dict[str, Any]], n: int = ROW_CHUNK) -> Iterator[pa.RecordBatch]:
+    """Dict rows of the row schema -> record batches of at most ``n`` rows (what
+    :meth:`~embrm.store.base.Store.write_rows` takes)."""
+    for t in _row_chunks(rows, n):
+        yield from t.to_batches()
+
+
 def _row_chunks(rows: Iterable[dict[str, Any]] | Iterable[pa.RecordBatch], n: int) -> Iterator[pa.Table]:
     """Dict rows or record batches -> tables of the row schema of at most ``n`` rows."""
     buf: list[dict[str, Any]] = []

@@ -162,16 +162,27 @@ class ServiceStore(Store):
         return write_run(files, out)
 
     # ------------------------------------------------------------ extraction
+    def extraction_engines(self) -> tuple[str, ...]:
+        """A service extracts with its own model: only its dataset jobs write vectors."""
+        return ("service",)
+
     def upload(self, rows: Iterable[dict[str, Any]], dataset_hash: str, name: str, kind: str) -> dict[str, Any]:
-        """PUT normalised rows; the server checks them, recomputes the hash and refuses a
-        mismatch before it stores anything."""
+        """:meth:`write_rows` from normalised dict rows, under a dataset name; returns the
+        server's answer (hash, rows, name, kind)."""
+        return self._put_rows(upload_batches(rows), dataset_hash, name, kind)
+
+    def _put_rows(self, batches: Iterable[pa.RecordBatch], dataset_hash: str, name: str, kind: str
+                  ) -> dict[str, Any]:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, S.UPLOAD_SCHEMA) as w:
-            for b in upload_batches(rows):
+            for b in batches:
                 w.write_batch(b)
         with self.http.open("PUT", "/v1/datasets", {"name": name, "kind": kind, "dataset_hash": dataset_hash},
                             sink.getvalue().to_pybytes(), {"Content-Type": ARROW}) as r:
-            return json.loads(r.read())
+            got = json.loads(r.read())
+        if got["dataset_hash"] != dataset_hash:
+            raise EmbrmError("the server fingerprinted the rows differently; are client and server the same embrm?")
+        return got
 
     def start_entry(self, dataset_hash: str, name: str, kind: str, source: dict[str, Any]) -> dict[str, Any]:
         """Start (or find) the dataset job of an uploaded dataset under the served model."""
@@ -188,19 +199,13 @@ class ServiceStore(Store):
             raise
         return True
 
-    def write_rows(self, dataset_hash: str, batches: Iterable[pa.Table], n_rows: int, kind: str | None = None
-                   ) -> None:
-        """Send a dataset's rows (row-schema tables) unless the service has them; it
-        recomputes their hash and refuses a mismatch."""
+    def write_rows(self, dataset_hash: str, batches: Iterable[pa.RecordBatch], n_rows: int, kind: str) -> None:
+        """PUT the rows (``PUT /v1/datasets``) unless the service holds them already: the
+        server checks them, recomputes the hash and refuses a mismatch before it stores
+        anything."""
         if self.has_rows(dataset_hash):
             return
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, S.UPLOAD_SCHEMA) as w:
-            for t in batches:
-                w.write_table(t.select(S.UPLOAD_SCHEMA.names).cast(S.UPLOAD_SCHEMA))
-        with self.http.open("PUT", "/v1/datasets", {"name": "copied", "kind": kind, "dataset_hash": dataset_hash},
-                            sink.getvalue().to_pybytes(), {"Content-Type": ARROW}) as r:
-            got = json.loads(r.read())
+        got = self._put_rows(_upload_batches(batches), dataset_hash, "uploaded", kind)
         if got.get("rows") != n_rows:
             raise EmbrmError(f"{self.uri} stored {got.get('rows')} rows of dataset {dataset_hash[:12]}, not {n_rows}")
 
@@ -212,6 +217,7 @@ class ServiceStore(Store):
             "kind": kind, "n_rows": n_rows})
 
     def vector_info(self, model_hash: str) -> VectorInfo | None:
+        """What the model's vector table on the service holds (``GET /v1/vectors/{hash}/info``)."""
         d = self.http.json("GET", f"/v1/vectors/{_q(model_hash)}/info")["info"]
         return None if d is None else VectorInfo(d["dim"], d["dtype"], tuple(d["layers"]), d["provenance"])
 
@@ -239,3 +245,11 @@ class ServiceStore(Store):
 
     def entry_status(self, model_hash: str, dataset_hash: str) -> dict[str, Any]:
         return self.http.json("GET", f"/v1/entries/{model_hash}/{dataset_hash}")
+
+
+def _upload_batches(batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch]:
+    """Batches of the row schema as batches of the upload schema (the server derives
+    position and item key again, from the order and the texts)."""
+    for b in batches:
+        t = pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+        yield from t.select(S.UPLOAD_SCHEMA.names).cast(S.UPLOAD_SCHEMA).to_batches()

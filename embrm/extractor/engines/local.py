@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from embrm.extractor.plan import ExtractionPlan
     from embrm.extractor.report import ExtractResult
     from embrm.store.base import Store
-    from embrm.store.lance_store import LanceStore
 
 EmbedFn = Callable[[list[str], list[str]], "Embedded"]
 
@@ -44,7 +43,8 @@ class LocalEngine:
 
     def extract(self, cfg: ExtractConfig, store: Store, on_window: Callable[[int], None] | None = None
                 ) -> ExtractResult:
-        return run_planned(self, cfg, store.writable("extraction"), on_window)
+        store.check_engine("local", "extraction")
+        return run_planned(self, cfg, store, on_window)
 
     def embedder(self, cfg: ExtractConfig) -> Embedder:
         from embrm.extractor.embedder import Embedder
@@ -59,7 +59,7 @@ class LocalEngine:
         with CoreShare(cores=torch.get_num_threads()) as self.cores:  # at most what torch was given
             yield
 
-    def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
+    def run(self, plan: ExtractionPlan, store: Store, embedder: Embedder, cfg: ExtractConfig,
             on_window: Callable[[int], None] | None) -> LoopCounts:
         import torch
 
@@ -78,7 +78,7 @@ class LocalEngine:
                 bar.close()
 
 
-def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: int = 1024,
+def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 1024,
               on_window: Callable[[int], None] | None = None, progress: Any = None,
               should_stop: Callable[[], bool] | None = None, claims: WindowClaims | None = None,
               before_window: Callable[[], None] | None = None, provenance: dict[str, str] | None = None
@@ -114,11 +114,11 @@ def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: i
                 counts.duplicates += 1
             else:
                 todo[m] = row
-        if todo:
-            vds = store.vectors.open(mh)
-            if vds is not None:  # committed by another process since the plan was made?
-                stored = store.vectors.stored(mh, vds, keys.take(pa.array(list(todo.values()))).to_pylist())
-                for m in [m for m, s in zip(list(todo), stored) if s]:
+        if todo:  # committed by another process since the plan was made?
+            lacking = store.missing_keys(mh, keys.take(pa.array(list(todo.values()))))
+            if len(lacking) < len(todo):
+                still = set(lacking.to_pylist())
+                for m in [m for m, row in todo.items() if keys[row].as_py() not in still]:
                     del todo[m]
                     done[m] = True
                     counts.cached += 1
@@ -132,10 +132,10 @@ def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: i
             out = embed(prompts, responses)
             counts.compute_seconds += time.perf_counter() - t
             if expect is None:
-                expect = store.vectors.info(mh)
+                expect = store.vector_info(mh)
             data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=expect,
                                       provenance=provenance)
-            store.writer.commit(mh, data)
+            store.commit_vectors(mh, data)
             done[list(todo)] = True
             counts.computed += len(todo)
             counts.tokens += out.tokens
@@ -148,7 +148,7 @@ def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: i
 
     deferred: list[tuple[int, int]] = []  # (first row, rows) of windows another process held
     start = 0
-    for batch in store.rows.iter(dh, cols, window):
+    for batch in store.iter_rows(dh, cols, window):
         if should_stop is not None and should_stop():
             return counts
         first, start = start, start + len(batch)
@@ -165,6 +165,6 @@ def run_local(plan: ExtractionPlan, store: LanceStore, embed: EmbedFn, window: i
             break
         assert claims is not None
         with claims.claim(first, wait=True):
-            process(pa.Table.from_batches(list(store.rows.iter(dh, cols, n, first, n))).combine_chunks()
+            process(pa.Table.from_batches(list(store.iter_rows(dh, cols, n, first, n))).combine_chunks()
                     .to_batches()[0])
     return counts

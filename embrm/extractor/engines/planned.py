@@ -22,7 +22,7 @@ from embrm.extractor.report import ExtractResult, LoopCounts
 if TYPE_CHECKING:
     from embrm.extractor.config import ExtractConfig
     from embrm.extractor.embedder import Embedder
-    from embrm.store.lance_store import LanceStore
+    from embrm.store.base import Store
 
 
 class Engine(Protocol):
@@ -34,12 +34,12 @@ class Engine(Protocol):
     def session(self, embedder: Embedder) -> contextlib.AbstractContextManager[None]:
         """What must be up before anything is written (model weights, a Ray cluster)."""
 
-    def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
+    def run(self, plan: ExtractionPlan, store: Store, embedder: Embedder, cfg: ExtractConfig,
             on_window: Callable[[int], None] | None) -> LoopCounts:
         """Compute and commit the plan's missing items."""
 
 
-def run_planned(engine: Engine, cfg: ExtractConfig, store: LanceStore,
+def run_planned(engine: Engine, cfg: ExtractConfig, store: Store,
                 on_window: Callable[[int], None] | None = None) -> ExtractResult:
     """Steps 1-5 of the module docstring."""
     t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def run_planned(engine: Engine, cfg: ExtractConfig, store: LanceStore,
     return finish(plan, store, counts, True, t0)
 
 
-def finish(plan: ExtractionPlan, store: LanceStore, counts: LoopCounts, model_loaded: bool,
+def finish(plan: ExtractionPlan, store: Store, counts: LoopCounts, model_loaded: bool,
            t0: float) -> ExtractResult:
     """Step 5, and the result every engine reports."""
     d = plan.data

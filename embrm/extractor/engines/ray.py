@@ -13,7 +13,7 @@
   store's seam and returns only fragment metadata, row counts and keys.
 * **The driver is the only committer.** Every ``commit_rows`` rows or ``commit_seconds``
   seconds it commits the fragments it holds as one append, under the store's commit
-  lock, after checking row counts and keys (:meth:`VectorWriter.commit_fragments`). A
+  lock, after checking row counts and keys (:meth:`~embrm.store.base.Store.commit_fragments`). A
   crash loses at most one commit interval; running the command again computes what is
   missing, and ``embrm store gc`` deletes the files of fragments nobody committed.
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from embrm.extractor.plan import ExtractionPlan
     from embrm.extractor.report import ExtractResult, LoopCounts
     from embrm.store.base import Store
-    from embrm.store.lance_store import LanceStore
 
 TASK_ROWS = 256  # items per actor call: a few forward batches, one fragment
 
@@ -151,10 +150,11 @@ class EmbedActor:
         if self.embedder.model_hash != model_hash:
             raise EmbrmError(f"a worker pinned model {self.embedder.model_hash[:12]}, the driver {model_hash[:12]}: "
                              "workers need the same model files (a shared path or hub cache)")
-        self.store = open_store(store_uri).writable("a Ray worker")
+        self.store = open_store(store_uri)
+        self.store.check_engine("ray", "a Ray worker")
         self.model_hash, self.dataset_hash, self.rows_version = model_hash, dataset_hash, rows_version
         self.info = VectorInfo(self.embedder.dim, "float32", tuple(spec["layers"]))
-        self.store.writer.ensure_table(model_hash, self.info)
+        self.store.prepare_vectors(model_hash, self.info)
         from embrm.extractor.provenance import extraction_facts
 
         self.provenance = extraction_facts(self.embedder, "ray")
@@ -164,12 +164,12 @@ class EmbedActor:
 
         out: dict[str, list[Any]] = {"fragments": [], "rows": [], "keys": [], "tokens": []}
         for offsets in batch.column("offsets").to_pylist():
-            rows = self.store.rows.take(self.dataset_hash, np.array(offsets), ["item_key", "prompt", "response"],
+            rows = self.store.take_rows(self.dataset_hash, np.array(offsets), ["item_key", "prompt", "response"],
                                         self.rows_version)
             emb = self.embedder.embed(rows.column("prompt").to_pylist(), rows.column("response").to_pylist())
             data = build_vector_table(rows.column("item_key").combine_chunks(), emb.vectors, emb.n_tokens,
                                       emb.truncated, expect=self.info, provenance=self.provenance)
-            out["fragments"].append(self.store.writer.write_fragments(self.model_hash, data))
+            out["fragments"].append(self.store.write_fragments(self.model_hash, data))
             out["rows"].append(len(data))
             out["keys"].append(rows.column("item_key").to_pylist())
             out["tokens"].append(emb.tokens)
@@ -183,14 +183,14 @@ def task_rows(n_items: int, num_workers: int) -> int:
     return int(max(16, min(TASK_ROWS, -(-n_items // (4 * num_workers)))))
 
 
-def first_offsets(store: LanceStore, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
+def first_offsets(store: Store, plan: ExtractionPlan) -> tuple[np.ndarray, int]:
     """Offsets (in the rows table) of the first row of every missing item, and how many
     rows repeat an item seen earlier (deduplicated before dispatch)."""
     missing = plan.missing
     seen = np.zeros(len(missing), bool)
     picks: list[np.ndarray] = []
     repeats = 0
-    for start, keys in store.rows.physical_keys(plan.data.dataset_hash):
+    for start, keys in store.stored_row_keys(plan.data.dataset_hash):
         at = pc.fill_null(pc.index_in(keys, value_set=missing), -1).to_numpy()
         rows = np.nonzero(at >= 0)[0]
         uniq, first = np.unique(at[rows], return_index=True)
@@ -217,7 +217,8 @@ class RayEngine:
             raise EmbrmError(f"--device {cfg.run.device} does not apply with --engine ray: workers run on "
                              f"{self.device}, as --gpus-per-worker says")
         check_ray()  # missing Ray is an error before anything is read or written
-        return run_planned(self, cfg, store.writable("extraction on Ray"), on_window)
+        store.check_engine("ray", "extraction on Ray")
+        return run_planned(self, cfg, store, on_window)
 
     @property
     def device(self) -> str:
@@ -242,7 +243,7 @@ class RayEngine:
         finally:
             self.ray.shutdown()
 
-    def run(self, plan: ExtractionPlan, store: LanceStore, embedder: Embedder, cfg: ExtractConfig,
+    def run(self, plan: ExtractionPlan, store: Store, embedder: Embedder, cfg: ExtractConfig,
             on_window: Callable[[int], None] | None) -> LoopCounts:
         from embrm.extractor.report import LoopCounts, progress_bar
 
@@ -252,7 +253,7 @@ class RayEngine:
         chunks = [{"offsets": offsets[s:s + task].tolist()} for s in range(0, len(offsets), task)]
         kwargs = {"spec": {**asdict(spec), "layers": list(spec.layers)}, "device": self.device,
                   "batch_tokens": cfg.run.batch_tokens, "store_uri": store.uri, "model_hash": plan.model_hash,
-                  "dataset_hash": plan.data.dataset_hash, "rows_version": store.rows.version(plan.data.dataset_hash)}
+                  "dataset_hash": plan.data.dataset_hash, "rows_version": store.rows_version(plan.data.dataset_hash)}
         with warnings.catch_warnings():
             # max_restarts=0: a dead worker fails the run (whose rerun computes only what is
             # missing) instead of Ray restarting an actor from arguments it may have lost,
@@ -275,7 +276,7 @@ class RayEngine:
             if not pending:
                 return 0
             keys = pa.array([k for ks in pending_keys for k in ks], pa.string())
-            store.writer.commit_fragments(plan.model_hash, pending, keys)
+            store.commit_fragments(plan.model_hash, pending, keys)
             pending, pending_keys, last = [], [], time.monotonic()
             if on_window is not None:
                 on_window(len(keys))

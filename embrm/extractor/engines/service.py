@@ -62,9 +62,7 @@ class ServiceEngine:
         info = store.info()
         check_spec(cfg.embedding, info, store.uri)
         data = scan_dataset(cfg.data)
-        up = store.upload(data.rows(), data.dataset_hash, data.name, data.kind)
-        if up["dataset_hash"] != data.dataset_hash:
-            raise EmbrmError("the server fingerprinted the rows differently; are client and server the same embrm?")
+        store.upload(data.rows(), data.dataset_hash, data.name, data.kind)  # checked against the hash there
         job = store.start_entry(data.dataset_hash, data.name, data.kind, data.source).get("job")
         bar = progress_bar(data.n_rows, "extract (service)", cfg.run.quiet)
         seen = 0

@@ -30,8 +30,8 @@ from embrm.serve.routes.entries import resolve
 from embrm.serve.service import Service
 from embrm.serve.uploads import body_to_file
 from embrm.serve.vector_uploads import checked_vectors, info_json, read_keys
-from embrm.store.catalog import NAME_MAX, check_dataset_name
-from embrm.store.keys import fingerprint_of_config
+from embrm.store.catalog import NAME_MAX
+from embrm.store.copy_in import dataset_info, register_entry
 from embrm.store.wire import ARROW, entry_json, to_ipc
 
 router = APIRouter()
@@ -58,42 +58,29 @@ def _model(svc: Service, model_hash: str) -> str:
 
 @router.get("/v1/datasets/{dataset_hash}")
 async def get_dataset(svc: Svc, dataset_hash: str) -> dict[str, Any]:
-    try:
-        found = await run_in_threadpool(svc.store.find_dataset, dataset_hash)
-    except EmbrmError as e:
-        raise ApiError(400, str(e), "dataset_hash", "invalid_dataset") from None
-    if found is None or found[0] != dataset_hash:
-        raise ApiError(404, f"dataset {dataset_hash[:12]} has no rows here", None, "dataset_not_found")
-    rows = await run_in_threadpool(lambda: svc.store.rows.table(found[0]).count_rows())
-    return {"dataset_hash": found[0], "kind": found[1], "rows": rows}
+    info = await run_in_threadpool(dataset_info, svc.store, dataset_hash.lower())
+    if info is None:
+        raise ApiError(404, f"dataset {dataset_hash[:12]!r} has no rows here", None, "dataset_not_found")
+    return info
 
 
 @router.post("/v1/entries/register")
 async def register(svc: Svc, req: Register) -> dict[str, Any]:
     """The entry of an uploaded dataset under a model checked against its fingerprint parts."""
     try:
-        fingerprint_of_config(req.model_config_, req.model_hash)
-        check_dataset_name(req.dataset_name)
+        e = await run_in_threadpool(register_entry, svc.store, req.model_hash, req.model_name, req.model_config_,
+                                    req.dataset_hash, req.dataset_name, dict(req.dataset_source), req.kind,
+                                    req.n_rows)
+    except LookupError as e:
+        raise ApiError(404, str(e), "dataset_hash", "dataset_not_found") from None
     except EmbrmError as e:
-        raise ApiError(400, str(e), "model_config", "invalid_entry") from None
-    found = await run_in_threadpool(svc.store.rows.recorded, req.dataset_hash)
-    if found is None or found[0] != req.dataset_hash:
-        raise ApiError(404, f"dataset {req.dataset_hash[:12]} has no rows here; send them with PUT /v1/datasets",
-                       "dataset_hash", "dataset_not_found")
-    if found[1] is not None and found[1] != req.kind:
-        raise ApiError(400, f"kind {req.kind} disagrees with the stored dataset, which is {found[1]}", "kind",
-                       "kind_mismatch")
-    if not await run_in_threadpool(svc.store.rows.has, req.dataset_hash, req.n_rows):
-        raise ApiError(400, f"the stored dataset does not have {req.n_rows} rows", "n_rows", "rows_mismatch")
-    await run_in_threadpool(svc.store.begin_entry, req.model_hash, req.model_name, req.model_config_,
-                            req.dataset_hash, req.dataset_name, dict(req.dataset_source), req.kind, req.n_rows)
-    e = await run_in_threadpool(svc.store.entry, req.model_hash, req.dataset_hash)
+        raise ApiError(400, str(e), None, "invalid_entry") from None
     return {"entry": entry_json(e)}
 
 
 @router.get("/v1/vectors/{model_hash}/info")
 async def vector_info(svc: Svc, model_hash: str) -> dict[str, Any]:
-    return {"info": info_json(await run_in_threadpool(svc.store.vectors.info, _model(svc, model_hash)))}
+    return {"info": info_json(await run_in_threadpool(svc.store.vector_info, _model(svc, model_hash)))}
 
 
 @router.post("/v1/vectors/{model_hash}/missing", response_model=None)
@@ -103,7 +90,7 @@ async def missing(svc: Svc, request: Request, model_hash: str) -> Response:
     path = await body_to_file(request, svc.settings)
     try:
         keys = await run_in_threadpool(read_keys, path)
-        out = await run_in_threadpool(svc.store.vectors.missing, mh, keys)
+        out = await run_in_threadpool(svc.store.missing_keys, mh, keys)
     except EmbrmError as e:
         raise ApiError(400, str(e), None, "invalid_keys") from None
     finally:
@@ -120,7 +107,7 @@ async def put_vectors(svc: Svc, request: Request, model_hash: str) -> dict[str, 
     path = await body_to_file(request, svc.settings)
     try:
         table = await run_in_threadpool(checked_vectors, svc.store, mh, path)
-        added = await run_in_threadpool(svc.store.writer.commit, mh, table)
+        added = await run_in_threadpool(svc.store.commit_vectors, mh, table)
     except EmbrmError as e:
         raise ApiError(400, str(e), None, "invalid_vectors") from None
     finally:

@@ -129,7 +129,7 @@ async def delete_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     if svc.jobs.running(e.model_hash, e.dataset_hash):
         raise ApiError(409, f"a dataset job is extracting {e.dataset_name}; remove the entry after it ends", None,
                        "job_running")
-    await run_in_threadpool(svc.store.catalog.remove, e)
+    await run_in_threadpool(svc.store.delete, e.model_hash, e.dataset_hash)
     return {"entry": entry_json(e)}
 
 

@@ -28,17 +28,15 @@ async def push_rm(svc: Svc, name: str, request: Request, force: bool = False
     except ValueError as e:
         raise ApiError(400, f"the body is not a reward-model run as Arrow (name, data) rows: {e}", None,
                        "invalid_run") from None
-    registry = svc.store.registry
-    if not force and await run_in_threadpool(registry.has, name):
+    if not force and await run_in_threadpool(svc.store.has_run, name):
         raise ApiError(409, f"a reward model named {name!r} is already published here; pick another name, or push "
                             "with force=true to replace it", None, "name_taken")
-    return await run_in_threadpool(registry.push_files, name, files, force)
+    return await run_in_threadpool(svc.store.push_run_files, name, files, force)
 
 
 @router.get("/v1/rms/{name}/files")
 async def pull_rm(svc: Svc, name: str) -> Response:
-    registry = svc.store.registry
-    if not await run_in_threadpool(registry.has, name):
+    if not await run_in_threadpool(svc.store.has_run, name):
         raise ApiError(404, f"no reward model named {name!r} is published here; GET /v1/rms lists them", None,
                        "rm_not_found")
-    return Response(run_files_ipc(await run_in_threadpool(registry.files, name)), media_type=ARROW)
+    return Response(run_files_ipc(await run_in_threadpool(svc.store.run_files, name)), media_type=ARROW)
