@@ -415,9 +415,10 @@ def test_local_provenance_is_this_machine_and_a_mixed_entry_is_flagged(src, tmp_
     r = CliRunner().invoke(cli, ["store", "show", plan.model_hash[:12], plan.data.dataset_hash[:12], "--store",
                                  str(tmp_path / "mixed")])
     assert r.exit_code == 0 and "MIXED PROVENANCE" in r.output, r.output
-    shown = json.loads(r.output[:r.output.index("\nprovenance:")])
-    assert shown["mixed_provenance"] and sorted((p["facts"]["dtype"], p["vectors"]) for p in shown["provenance"]) == \
-        [("bfloat16", 8), ("float32", 8)]
+    shown = json.loads(r.output)
+    assert shown["mixed_provenance"] and sorted((p["facts"]["dtype"], p["vectors"]) for p in
+                                                shown["provenance_records"]) == [("bfloat16", 8), ("float32", 8)]
+    assert any("8 vectors" in line and "bfloat16 on cpu: " in line for line in shown["provenance"])
 
 
 @pytest.mark.slow

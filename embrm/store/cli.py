@@ -45,7 +45,7 @@ def store_ls(store_uri: str | None, as_json: bool) -> None:
 @click.argument("dataset")
 @store_option
 def store_show(model: str, dataset: str, store_uri: str | None) -> None:
-    """Show one entry: keys, configuration, counts."""
+    """Show one entry (JSON): keys, configuration, counts, and how its vectors were computed."""
     from embrm.store import open_store
     from embrm.store.provenance import describe, mixed
 
@@ -54,15 +54,13 @@ def store_show(model: str, dataset: str, store_uri: str | None) -> None:
     d = e.summary()
     d["model_config"] = e.model_config
     prov = st.entry_provenance(e.model_hash, e.dataset_hash)
-    d["provenance"] = prov["provenance"]
+    d["provenance"] = [describe(r) for r in prov["provenance"]]
+    d["provenance_records"] = prov["provenance"]
     d["mixed_provenance"] = mixed(prov)
-    click.echo(json.dumps(d, indent=2))
-    click.echo("provenance:")
-    for r in prov["provenance"]:
-        click.echo(f"  {describe(r)}")
     if mixed(prov):
-        click.echo(f"MIXED PROVENANCE: this entry's vectors come from {len(prov['provenance'])} different ways of "
-                   "computing them (see above); `embrm store verify` checks a sample against this machine")
+        d["warning"] = (f"MIXED PROVENANCE: this entry's vectors come from {len(prov['provenance'])} different ways "
+                        "of computing them (see provenance); `embrm store verify` checks a sample on this machine")
+    click.echo(json.dumps(d, indent=2))
 
 
 @store.command("export")
