@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from embrm.errors import EmbrmError
-from embrm.rm.metrics import AGGREGATIONS
+from embrm.rm.metrics import AGGREGATIONS, COEF_NAME, COEF_RANGE
 from embrm.serve.deps import Svc, check_count, check_text
 from embrm.serve.errors import ApiError
 from embrm.serve.rewards import ServedRun, combine
@@ -77,6 +77,15 @@ def _coef(aggregation: str, lam: float | None, beta: float | None) -> float:
     return 1.0
 
 
+def _combined(s: Scored, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:
+    """The aggregated rewards, each finite, or a 400 naming the item (and the coefficient)."""
+    try:
+        return combine(s.scores, how, coef)
+    except EmbrmError as e:
+        param = COEF_NAME.get(how) if COEF_NAME.get(how, "?") in str(e) else None
+        raise ApiError(400, f"reward model {s.run.name!r}: {e}", param, "non_finite_reward") from None
+
+
 def _usage(s: Scored) -> dict[str, int]:
     return {"prompt_tokens": s.tokens, "total_tokens": s.tokens}
 
@@ -94,8 +103,10 @@ class RewardsRequest(BaseModel):
     items: list[EmbedItem]
     rm: str | None = Field(None, max_length=64, description="a served reward model (default: the first)")
     aggregation: Aggregation = "mean"
-    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, description="lambda of mean-var")
-    beta: float | None = Field(None, allow_inf_nan=False, description="beta of mean-std")
+    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
+                              description="lambda of mean-var")
+    beta: float | None = Field(None, allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
+                               description="beta of mean-std")
     members: bool = Field(False, description="also return every member's reward")
 
 
@@ -103,7 +114,7 @@ class RewardsRequest(BaseModel):
 async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
     check_items(req.items, svc.settings.max_items)
     s = await score_items(svc, req.rm, [it.prompt for it in req.items], [it.response for it in req.items])
-    reward, std = combine(s.scores, req.aggregation, _coef(req.aggregation, req.lam, req.beta))
+    reward, std = _combined(s, req.aggregation, _coef(req.aggregation, req.lam, req.beta))
     if ARROW in request.headers.get("accept", ""):
         cols = {"item_key": pa.array(s.keys, pa.string()), "reward": pa.array(reward, pa.float32()),
                 "std": pa.array(std, pa.float32()), "cached": pa.array(s.cached),
@@ -133,8 +144,10 @@ class OpenRLHFRequest(BaseModel):
 @router.post("/get_reward")
 async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Query(max_length=64)] = None,
                      aggregation: Aggregation = "mean",
-                     lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False)] = None,
-                     beta: Annotated[float | None, Query(allow_inf_nan=False)] = None) -> dict[str, Any]:
+                     lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0],
+                                                        le=COEF_RANGE[1])] = None,
+                     beta: Annotated[float | None, Query(allow_inf_nan=False, ge=COEF_RANGE[0],
+                                                         le=COEF_RANGE[1])] = None) -> dict[str, Any]:
     """``?rm=NAME&aggregation=mean-var&lambda=0.5``: the reward model and aggregation are
     query parameters, since OpenRLHF sends only its own fields in the body."""
     check_count(len(req.query), svc.settings.max_items, "query")
@@ -152,7 +165,7 @@ async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Q
             raise ApiError(400, f"query[{i}] is empty: nothing to score", f"query[{i}]", "empty_input")
         responses.append(q[len(p):])
     s = await score_items(svc, rm, req.prompts, responses)
-    reward, std = combine(s.scores, aggregation, _coef(aggregation, lam, beta))
+    reward, std = _combined(s, aggregation, _coef(aggregation, lam, beta))
     rewards = [float(x) for x in reward]
     return {"rewards": rewards, "scores": rewards, "extra_logs": {"reward_std": [float(x) for x in std]}}
 
@@ -183,7 +196,7 @@ async def rerank(svc: Svc, req: RerankRequest) -> dict[str, Any]:
     items = [EmbedItem(prompt=req.query, response=d) for d in docs]
     check_items(items, svc.settings.max_items, "documents")
     s = await score_items(svc, req.model, [req.query] * len(docs), docs)
-    reward, _ = combine(s.scores, "mean", 1.0)
+    reward, _ = _combined(s, "mean", 1.0)
     order = np.argsort(-reward, kind="stable")[: req.top_n or len(docs)]
     results = [{"index": int(i), "relevance_score": float(reward[i]),
                 **({"document": {"text": docs[i]}} if req.return_documents else {})} for i in order]
@@ -212,7 +225,7 @@ async def score(svc: Svc, req: ScoreRequest) -> dict[str, Any]:
     items = [EmbedItem(prompt=a, response=b) for a, b in zip(t1, t2)]
     check_items(items, svc.settings.max_items, "text_2")
     s = await score_items(svc, req.model, t1, t2)
-    reward, _ = combine(s.scores, "mean", 1.0)
+    reward, _ = _combined(s, "mean", 1.0)
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": s.run.name,
             "data": [{"index": i, "object": "score", "score": float(r)} for i, r in enumerate(reward)],
             "usage": _usage(s)}
