@@ -303,12 +303,18 @@ def test_a_copy_and_an_extraction_into_the_same_entry_store_each_item_once(src, 
     cp = _copier(src["store"], dst, 0.2)
     out, err = cp.communicate(timeout=120)
     ex_out, ex_err = ex.communicate(timeout=120)
-    assert cp.returncode == 0 and ex.returncode == 0, out + err + ex_out + ex_err
+    assert ex.returncode == 0, ex_out + ex_err
     keys = open_store(dst).vectors.cached(src["mh"]).to_pylist()
-    assert len(keys) == len(set(keys)) == 24
+    assert len(keys) == len(set(keys)) == 24  # 0 duplicated, 0 lost
     e = open_store(dst).resolve(src["mh"], src["dh"])
     assert e.status == "complete" and e.rows == 27
-    _same(src["store"], dst, src["mh"], src["dh"])
+    if cp.returncode == 0:  # the extraction computed the keys it stored in the same batches: equal bits
+        _same(src["store"], dst, src["mh"], src["dh"])
+        return
+    # the extraction stored some keys in other batches (last bits differ): the copy says so, never silently
+    assert "verification failed" in err and "hold other vectors there" in err and "0 missing" in err, out + err
+    a, b = open_store(src["store"]).load(src["mh"], src["dh"]), open_store(dst).load(src["mh"], src["dh"])
+    np.testing.assert_allclose(a.vectors, b.vectors, rtol=1e-4, atol=1e-5)
 
 
 def _put_window(url: str, mh: str, table) -> tuple[int, str]:

@@ -205,9 +205,13 @@ def verify_copy(source: EntrySource, target: Any, ours: dict[str, bytes], copied
     mine, other = checksum(ours), checksum(theirs)
     if len(theirs) != len(ours) or mine != other:
         lost = len(set(ours) - set(theirs))
+        differ = sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
+        why = (f"; {len(differ)} key(s) hold other vectors there (e.g. {differ[0]}), stored by another writer "
+               "meanwhile: the entry now mixes two computations, `embrm store show` lists them") if differ else \
+            "; run the copy again"
         raise EmbrmError(f"verification failed for {e.model_name} x {e.dataset_name}: the source holds {len(ours)} "
-                         f"vectors (checksum {mine[:16]}), the target {len(theirs)} ({other[:16]}; {lost} missing); "
-                         "run the copy again")
+                         f"vectors (checksum {mine[:16]}), the target {len(theirs)} ({other[:16]}; {lost} missing)"
+                         + why)
     return CopyResult(e.model_name, e.dataset_name, copied, present, size, len(ours), mine)
 
 
