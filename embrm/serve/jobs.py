@@ -158,8 +158,10 @@ class Jobs:
                 job.tokens, job.compute_seconds = job.tokens + out.tokens, job.compute_seconds + time.perf_counter() - t
                 return out
 
+            from embrm.extractor.provenance import extraction_facts
+
             counts = run_local(plan, self.store, embed, self.window, on_window=window_done, progress=job,
-                               should_stop=self._stop.is_set)
+                               should_stop=self._stop.is_set, provenance=extraction_facts(self.embedder, "service"))
             job.computed, job.cached, job.duplicates = counts.computed, counts.cached, counts.duplicates
             job.tokens, job.compute_seconds = counts.tokens, counts.compute_seconds
             entry = self.store.finish_entry(job.model_hash, job.dataset_hash)

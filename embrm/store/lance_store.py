@@ -43,6 +43,7 @@ from embrm.store.loader import EntryReader
 from embrm.store.location import LOCAL, OBJECT, Location
 from embrm.store.maintenance import compact, gc
 from embrm.store.object_store import ObjectTables, storage_options
+from embrm.store.provenance import entry_provenance
 from embrm.store.registry import RunRegistry
 from embrm.store.rows import DatasetRows
 from embrm.store.served import record_served
@@ -74,6 +75,7 @@ class LanceStore(Store):
         self.rows = DatasetRows(tables, uri)
         self.vectors = VectorTables(tables, uri)
         self.writer = VectorWriter(tables, self.vectors)
+        self.provenance = self.writer.provenance
         self.reader = EntryReader(self.rows, self.vectors, self.cache, cache_by_default)
         self.registry = RunRegistry(tables, uri)
         self._jobs = JobTable(tables)
@@ -154,8 +156,8 @@ class LanceStore(Store):
     def vector_info(self, model_hash: str) -> VectorInfo | None:
         return self.vectors.info(model_hash)
 
-    def commit_vectors(self, model_hash: str, table: pa.Table) -> None:
-        self.writer.commit(model_hash, table)
+    def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
+        return self.writer.commit(model_hash, table)
 
     def runs_version(self) -> int | None:
         return self.registry.version()
@@ -217,6 +219,9 @@ class LanceStore(Store):
         if compact_vectors:
             compact(self.tables, S.vector_table(model_hash))
         return e
+
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        return entry_provenance(self, self.resolve(model, dataset), ids)
 
     def table_versions(self, e: Entry) -> tuple[int, int]:
         """(vector table version, rows table version): what a cached load or an ETag keys on."""

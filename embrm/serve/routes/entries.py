@@ -5,6 +5,7 @@
 * ``GET /v1/entries``, ``GET /v1/entries/{model}/{dataset}``: the catalog (paged) and a job's state;
 * ``GET /v1/jobs``: the dataset jobs of this process and their progress;
 * ``GET /v1/entries/{model}/{dataset}/vectors``: an entry as an Arrow stream (ETag'd);
+* ``GET /v1/entries/{model}/{dataset}/provenance``: how its vectors were computed;
 * ``DELETE /v1/entries/{model}/{dataset}`` and ``POST /v1/gc``: what ``embrm store rm``
   and ``embrm store gc --store http://...`` reach.
 """
@@ -136,6 +137,16 @@ async def delete_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
 @router.post("/v1/gc")
 async def gc(svc: Svc) -> dict[str, int]:
     return await run_in_threadpool(svc.gc)
+
+
+@router.get("/v1/entries/{model}/{dataset}/provenance")
+async def provenance(svc: Svc, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+    """How an entry's vectors were computed: provenance records and their counts; with
+    ``ids``, the id of every stored key (what a copy from this service carries along)."""
+    from embrm.store.provenance import entry_provenance
+
+    e = await run_in_threadpool(resolve, svc, model, dataset)
+    return await run_in_threadpool(entry_provenance, svc.store, e, ids)
 
 
 @router.get("/v1/entries/{model}/{dataset}/vectors", response_model=None)
