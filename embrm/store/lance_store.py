@@ -38,6 +38,7 @@ from embrm.store import schema as S
 from embrm.store.base import WRITES_HERE, Store
 from embrm.store.cache import LoadCache
 from embrm.store.catalog import HASH_CHARS, Catalog, Entry
+from embrm.store.jobs import JobRecord, JobTable
 from embrm.store.loader import EntryReader
 from embrm.store.location import LOCAL, OBJECT, Location
 from embrm.store.maintenance import compact, gc
@@ -77,6 +78,7 @@ class LanceStore(Store):
         self.provenance = self.writer.provenance
         self.reader = EntryReader(self.rows, self.vectors, self.cache, cache_by_default)
         self.registry = RunRegistry(tables, uri)
+        self._jobs = JobTable(tables)
 
     def extraction_engines(self) -> tuple[str, ...]:
         return WRITES_HERE
@@ -249,7 +251,25 @@ class LanceStore(Store):
     def gc(self) -> dict[str, int]:
         """See :func:`embrm.store.maintenance.gc`."""
         return gc(self.tables, self.catalog, self.rows, self.vectors, self.reader, self.cache,
-                  keep=self.registry.tables_used())
+                  keep=self.registry.tables_used() | self._jobs.tables_used())
+
+    # ----------------------------------------------------------- service jobs
+    def job(self, job_id: str) -> JobRecord | None:
+        """A service's dataset job as the store records it (its latest epoch), or None."""
+        return self._jobs.current(job_id)
+
+    def jobs(self) -> list[JobRecord]:
+        """Every recorded dataset job's latest epoch, newest first (see :mod:`.jobs`)."""
+        return self._jobs.all()
+
+    def claim_job(self, rec: JobRecord) -> bool:
+        """Take a turn at running a job: True for exactly one of the replicas that claim
+        the same epoch at once."""
+        return self._jobs.claim(rec)
+
+    def update_job(self, rec: JobRecord) -> bool:
+        """A heartbeat of the job's owner (progress, state, lease); False if it lost the job."""
+        return self._jobs.update(rec)
 
     # -------------------------------------------------------- reward models
     def push_run(self, name: str, run_dir: Path, force: bool = False) -> dict[str, Any]:
