@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embrm.extractor.engines.planned import run_planned
+from embrm.extractor.provenance import extraction_facts
 from embrm.extractor.report import LoopCounts, progress_bar
 from embrm.extractor.sharing import CoreShare, WindowClaims
 from embrm.store.vectors import build_vector_table
@@ -71,7 +72,7 @@ class LocalEngine:
         claims = WindowClaims(store.uri, plan.model_hash, plan.data.dataset_hash)
         try:
             return run_local(plan, store, embedder.embed, cfg.run.window, on_window, bar, claims=claims,
-                             before_window=share_cores)
+                             before_window=share_cores, provenance=extraction_facts(embedder, "local"))
         finally:
             if bar is not None:
                 bar.close()
@@ -80,7 +81,8 @@ class LocalEngine:
 def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 1024,
               on_window: Callable[[int], None] | None = None, progress: Any = None,
               should_stop: Callable[[], bool] | None = None, claims: WindowClaims | None = None,
-              before_window: Callable[[], None] | None = None) -> LoopCounts:
+              before_window: Callable[[], None] | None = None, provenance: dict[str, str] | None = None
+              ) -> LoopCounts:
     """Compute every missing item of a registered plan; returns the counts.
 
     Before a window is computed its keys are checked against the store again, so items
@@ -89,7 +91,9 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
     the end (see :mod:`embrm.extractor.sharing`). ``on_window`` is called after each
     commit with the rows written; ``progress`` is a tqdm-like bar (``update``,
     ``set_postfix``); ``should_stop`` ends the loop early between windows (the
-    service's shutdown); ``before_window`` runs before each window is computed.
+    service's shutdown); ``before_window`` runs before each window is computed;
+    ``provenance`` is how the vectors are computed (:mod:`embrm.extractor.provenance`),
+    recorded with every commit.
     """
     counts = LoopCounts()
     missing = plan.missing
@@ -129,7 +133,8 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
             counts.compute_seconds += time.perf_counter() - t
             if expect is None:
                 expect = store.vector_info(mh)
-            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=expect)
+            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=expect,
+                                      provenance=provenance)
             store.commit_vectors(mh, data)
             done[list(todo)] = True
             counts.computed += len(todo)
