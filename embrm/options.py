@@ -1,22 +1,24 @@
-"""What every command shares: the ``--store`` option, list parameters, one-line errors.
+"""What every command shares: the ``--store`` option (defined below the store, in
+:mod:`embrm.store.option`), list parameters, one-line errors.
 
 Kept apart from the commands so each command module stays a cheap import (click only):
 ``embrm --help`` imports every command module to list them.
 """
 from __future__ import annotations
 
+import importlib
+import math
+import os
 import sys
 from collections.abc import Sequence
+from functools import partialmethod
+from pathlib import Path
 from typing import Any
 
 import click
 
 from embrm.errors import EmbrmError
-
-store_option = click.option(
-    "--store", "store_uri", default=None, envvar="EMBRM_STORE", show_envvar=True, metavar="URI",
-    help="Store: a local path, an object-store URI (s3://bucket/prefix) or a service (http://host:port). "
-         "Default: $EMBRM_STORE, else ./embrm-store.")
+from embrm.store.option import store_option as store_option  # re-exported for the commands above the store
 
 
 class ListParam(click.ParamType):
@@ -49,8 +51,6 @@ class FiniteFloat(click.ParamType):
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        import math
-
         try:
             x = float(value)
         except (TypeError, ValueError):
@@ -92,8 +92,6 @@ class NamedRun(click.ParamType):
     name = "run"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
-        from pathlib import Path
-
         if isinstance(value, tuple):
             return value
         name, sep, path = str(value).partition("=")
@@ -140,8 +138,6 @@ class EmbrmGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in self.lazy:
-            import importlib
-
             module, attr = self.lazy[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return self.commands.get(name)
@@ -168,12 +164,8 @@ class EmbrmGroup(click.Group):
 
 def quiet_third_party() -> None:
     """Silence transformers' logging and every tqdm bar (the GGUF loader draws its own)."""
-    import os
-
     os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when first imported
     if "tqdm" in sys.modules:  # imported already: set the same default its env reading would
-        from functools import partialmethod
-
         import tqdm.std
 
         tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)  # type: ignore[method-assign]

@@ -37,7 +37,11 @@ from embrm.rm.standardize import Standardizer
 METHODS = ("bt", "clf", "linear", "lgbm", "logreg", "logreg-clf")
 # Whether a method standardises its features unless told otherwise (--standardize /
 # --no-standardize). Measured on HH-RLHF pairs, SmolLM2 vectors, 300 to 2,312 pairs
-# (benchmarks/bench_small_data.py, README "Standardised features"): PLACEHOLDER.
+# (benchmarks/bench_small_data.py, ``+std``/``-std`` suffixes): on for the logistic
+# regressions, whose lambda grid assumes features on one scale; off for the Adam-trained
+# methods, whose per-parameter steps adapt to each dimension's scale, and for LightGBM,
+# whose quantile bins an affine map does not change. The comparison per method is not
+# quoted in the docs yet: run that benchmark with ``bt+std,bt-std,...`` to see it.
 STANDARDIZE = {"bt": False, "clf": False, "linear": False, "lgbm": False, "logreg": True, "logreg-clf": True}
 
 
@@ -277,79 +281,120 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
         model.standardizer = std
         return model
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    hidden, bias = net_shape(cfg)
-    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
-    if init is not None and init.net is not None:
-        net.load_state(init.net.state())
-    params = [p for p in net.parameters() if p.requires_grad]
-    clf = torch.full((cfg.ensemble,), True, device=device) if cfg.method == "clf" else None
-    if members is None:
-        # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
-        # about 5x faster a step on CPU, and the same update
-        opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    else:
-        lr, wd = torch.as_tensor(members.lr), torch.as_tensor(members.weight_decay)
-        if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble or (members.clf is not None
-                                                                   and len(members.clf) != cfg.ensemble):
-            raise EmbrmError(f"per-member settings need one value per member ({cfg.ensemble})")
-        opt = MemberAdamW(params, lr.to(device), wd.to(device))
-        if members.clf is not None:
-            clf = torch.as_tensor(np.asarray(members.clf, bool)).to(device)
-    if isinstance(x, torch.Tensor):
-        xt = x.to(device=device, dtype=torch.float32)
-    else:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-    if std is not None:
-        xt = std.apply(xt)  # a standardised copy: the caller's array stays as it was
-    if _use_bf16(cfg.bf16, device):
-        xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
-    ta, tb = torch.from_numpy(train_pairs.a).to(device), torch.from_numpy(train_pairs.b).to(device)
-    ty = torch.from_numpy(train_pairs.y.astype(np.float32)).to(device)
-    group = cfg.member_group or None  # None: the net sizes its member groups to the cache
-    validation = _Validation(xt, val_pairs, cfg.ensemble)
-    m, n = cfg.ensemble, len(train_pairs)
+    fit = _Fit.setup(x, train_pairs, cfg, members, init, std)
+    validation = _Validation(fit.xt, val_pairs, cfg.ensemble)
+    n = len(train_pairs)
     batch = batch_for(n, cfg)
-    steps_per_epoch = -(-n // batch)
-    min_epochs = -(-MIN_STEPS // steps_per_epoch)
-    gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
-    best = net.state()
-    best_loss = np.full(m, np.inf)
-    best_pair_loss = np.full(m, np.inf)
-    best_epoch = [0] * m
-    stale = np.zeros(m, int)
+    stopping = _EarlyStopping(fit.net.state(), cfg.ensemble, cfg.patience, min_epochs=-(-MIN_STEPS // -(-n // batch)))
+    gens = [np.random.default_rng([cfg.seed, i]) for i in range(cfg.ensemble)]
     log = TrainLog(batch_size=batch)
     t0 = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
-        net.train()
-        if cfg.bootstrap:
+        log.steps += fit.epoch(gens, batch, cfg.bootstrap)
+        fit.net.eval()
+        log.epochs = epoch
+        if stopping.update(fit.net, epoch, *validation(fit.net, fit.clf)):
+            break
+    fit.net.load_state(stopping.best)
+    fit.net.eval()
+    log.best_epoch, log.val_loss = stopping.best_epoch, [float(v) for v in stopping.best_loss]
+    log.seconds = time.perf_counter() - t0
+    log.val_pair_loss = [float(v) for v in stopping.best_pair_loss]
+    return RewardModel(cfg, x.shape[1], net=fit.net, log=log, standardizer=std)
+
+
+@dataclass
+class _Fit:
+    """What the epoch loop works on: the ensemble, its optimiser, the (standardised)
+    features on the device and the training pairs as tensors."""
+
+    net: EnsembleMLP
+    opt: Any
+    clf: torch.Tensor | None  # per member: trained as a classifier (CLF) rather than BT
+    xt: torch.Tensor
+    ta: torch.Tensor
+    tb: torch.Tensor
+    ty: torch.Tensor
+    group: int | None  # members a forward pass takes at a time; None: sized to the cache
+
+    @classmethod
+    def setup(cls, x: np.ndarray | torch.Tensor, pairs: Pairs, cfg: TrainConfig, members: MemberSettings | None,
+              init: RewardModel | None, std: Standardizer | None) -> _Fit:
+        device = resolve_device(cfg.device)
+        hidden, bias = net_shape(cfg)
+        net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
+        if init is not None and init.net is not None:
+            net.load_state(init.net.state())
+        params = [p for p in net.parameters() if p.requires_grad]
+        clf = torch.full((cfg.ensemble,), True, device=device) if cfg.method == "clf" else None
+        if members is None:
+            # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
+            # about 5x faster a step on CPU, and the same update
+            opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        else:
+            lr, wd = torch.as_tensor(members.lr), torch.as_tensor(members.weight_decay)
+            if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble or (members.clf is not None
+                                                                       and len(members.clf) != cfg.ensemble):
+                raise EmbrmError(f"per-member settings need one value per member ({cfg.ensemble})")
+            opt = MemberAdamW(params, lr.to(device), wd.to(device))
+            if members.clf is not None:
+                clf = torch.as_tensor(np.asarray(members.clf, bool)).to(device)
+        if isinstance(x, torch.Tensor):
+            xt = x.to(device=device, dtype=torch.float32)
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        if std is not None:
+            xt = std.apply(xt)  # a standardised copy: the caller's array stays as it was
+        if _use_bf16(cfg.bf16, device):
+            xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
+        ta, tb = torch.from_numpy(pairs.a).to(device), torch.from_numpy(pairs.b).to(device)
+        ty = torch.from_numpy(pairs.y.astype(np.float32)).to(device)
+        return cls(net, opt, clf, xt, ta, tb, ty, cfg.member_group or None)
+
+    def epoch(self, gens: list[np.random.Generator], batch: int, bootstrap: bool) -> int:
+        """One pass over the pairs, each member in its own order (or its own bootstrap
+        sample); returns the optimiser steps taken."""
+        n, device = len(self.ta), self.ta.device
+        self.net.train()
+        if bootstrap:
             order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens])).to(device)
         else:
             order = torch.from_numpy(np.stack([g.permutation(n) for g in gens])).to(device)
+        steps = 0
         for s in range(0, n, batch):
             idx = order[:, s:s + batch]
-            loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], clf, group)
-            opt.zero_grad(set_to_none=True)
+            loss = _step_loss(self.net, self.xt, self.ta[idx], self.tb[idx], self.ty[idx], self.clf, self.group)
+            self.opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # members are independent: the sum's gradient is each one's
-            opt.step()
-            log.steps += 1
-        net.eval()
-        vl, vpl = validation(net, clf)
+            self.opt.step()
+            steps += 1
+        return steps
+
+
+class _EarlyStopping:
+    """Per member: keep the weights of its best validation epoch; stop when every member
+    has gone ``patience`` epochs without improving, once ``min_epochs`` have run (so a
+    few hundred pairs still get ``MIN_STEPS`` optimiser steps)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], members: int, patience: int, min_epochs: int):
+        self.best = state
+        self.best_loss = np.full(members, np.inf)
+        self.best_pair_loss = np.full(members, np.inf)
+        self.best_epoch = [0] * members
+        self.stale = np.zeros(members, int)
+        self.patience, self.min_epochs = patience, min_epochs
+
+    def update(self, net: EnsembleMLP, epoch: int, val_loss: np.ndarray, val_pair_loss: np.ndarray) -> bool:
+        """Record an epoch's validation losses; whether training should stop now."""
         state = net.state()
-        for i in range(m):
-            if vl[i] < best_loss[i] - 1e-5:
-                best_loss[i], best_epoch[i], stale[i], best_pair_loss[i] = vl[i], epoch, 0, vpl[i]
-                net.member_state(state, i, best)
+        for i in range(len(self.best_loss)):
+            if val_loss[i] < self.best_loss[i] - 1e-5:
+                self.best_loss[i], self.best_epoch[i], self.stale[i] = val_loss[i], epoch, 0
+                self.best_pair_loss[i] = val_pair_loss[i]
+                net.member_state(state, i, self.best)
             else:
-                stale[i] += 1
-        log.epochs = epoch
-        if epoch >= min_epochs and (stale >= cfg.patience).all():
-            break
-    net.load_state(best)
-    net.eval()
-    log.best_epoch, log.val_loss, log.seconds = best_epoch, [float(v) for v in best_loss], time.perf_counter() - t0
-    log.val_pair_loss = [float(v) for v in best_pair_loss]
-    return RewardModel(cfg, x.shape[1], net=net, log=log, standardizer=std)
+                self.stale[i] += 1
+        return epoch >= self.min_epochs and bool((self.stale >= self.patience).all())
 
 
 def _train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from embrm.options import store_option
+from embrm.store.option import store_option
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -105,8 +106,6 @@ def rm_group() -> None:
 @store_option
 def rm_push(run_dir: str, name: str, force: bool, store_uri: str | None) -> None:
     """Publish a run directory (checked first; weights travel as safetensors, never pickle)."""
-    from pathlib import Path
-
     from embrm.store import open_store
 
     store = open_store(store_uri)
@@ -141,8 +140,6 @@ def rm_ls(as_json: bool, store_uri: str | None) -> None:
 @store_option
 def rm_pull(name: str, out: str, store_uri: str | None) -> None:
     """Fetch a published run into a directory, as it was pushed."""
-    from pathlib import Path
-
     from embrm.store import open_store
 
     click.echo(f"wrote {open_store(store_uri).pull_run(name, Path(out))}/")
