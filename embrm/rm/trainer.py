@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from embrm.errors import EmbrmError
 from embrm.hardware import cpu_has_fast_bf16, resolve_device
+from embrm.rm.epochs import EarlyStopping, run_epoch
+from embrm.rm.epochs import Validation as _Validation
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
@@ -186,61 +187,6 @@ def _use_bf16(flag: bool | None, device: str = "cpu") -> bool:
     return device == "cpu" and cpu_has_fast_bf16()
 
 
-def _bt_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
-
-
-def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, clf: torch.Tensor | None) -> torch.Tensor:
-    """Per-member mean loss, (M,), from fp32 rewards ``ra``, ``rb`` (M, B) and labels ``y``.
-
-    ``clf`` (M,) bool marks the members trained as CLF (each response alone: winner 1,
-    loser 0), the rest Bradley-Terry; ``None``: all Bradley-Terry. A grid can thus train
-    both losses in one batched ensemble.
-    """
-    bt = _bt_loss(ra, rb, y)
-    if clf is None:
-        return bt
-    pointwise = (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
-                 + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
-    return torch.where(clf, pointwise, bt)
-
-
-def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-               clf: torch.Tensor | None, group: int | None) -> torch.Tensor:
-    """Per-member loss on one minibatch; ``a``, ``b``, ``y``: (M, B), one row of pairs per member.
-
-    Both sides of every pair go through the net as one (M, 2B) batch of rows of ``x``,
-    gathered group by group, already in ``x``'s compute dtype.
-    """
-    r = net.forward_rows(x, torch.cat([a, b], 1), group).float()
-    return _pair_loss(r[:, : a.shape[1]], r[:, a.shape[1]:], y, clf)
-
-
-class _Validation:
-    """Validation loss of every member, scoring each validation item once.
-
-    Members share the validation pairs, so the items are scored as one (N, D) batch that
-    all members read, instead of gathering a copy of every pair for every member.
-    """
-
-    def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, chunk: int = 8192):
-        items, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
-        dev = x.device
-        self.x, self.items, self.chunk = x, torch.from_numpy(items).to(dev), chunk
-        self.a = torch.from_numpy(inverse[: len(pairs)]).long().to(dev)
-        self.b = torch.from_numpy(inverse[len(pairs):]).long().to(dev)
-        self.y = torch.from_numpy(pairs.y.astype(np.float32)).to(dev).expand(members, len(pairs))
-
-    def __call__(self, net: EnsembleMLP, clf: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """Each member's loss (its own: early stopping) and Bradley-Terry log-loss (comparable
-        across losses and model families: :mod:`embrm.rm.tune` chooses by it)."""
-        with torch.inference_mode():
-            r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk])).float()
-                           for s in range(0, len(self.items), self.chunk)], 1)
-            ra, rb = r[:, self.a], r[:, self.b]
-            return _pair_loss(ra, rb, self.y, clf).cpu().numpy(), _bt_loss(ra, rb, self.y).cpu().numpy()
-
-
 @dataclass
 class MemberSettings:
     """Each member's own learning rate, weight decay and loss: a hyperparameter grid
@@ -285,7 +231,7 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     validation = _Validation(fit.xt, val_pairs, cfg.ensemble)
     n = len(train_pairs)
     batch = batch_for(n, cfg)
-    stopping = _EarlyStopping(fit.net.state(), cfg.ensemble, cfg.patience, min_epochs=-(-MIN_STEPS // -(-n // batch)))
+    stopping = EarlyStopping(fit.net.state(), cfg.ensemble, cfg.patience, min_epochs=-(-MIN_STEPS // -(-n // batch)))
     gens = [np.random.default_rng([cfg.seed, i]) for i in range(cfg.ensemble)]
     log = TrainLog(batch_size=batch)
     t0 = time.perf_counter()
@@ -352,49 +298,9 @@ class _Fit:
         return cls(net, opt, clf, xt, ta, tb, ty, cfg.member_group or None)
 
     def epoch(self, gens: list[np.random.Generator], batch: int, bootstrap: bool) -> int:
-        """One pass over the pairs, each member in its own order (or its own bootstrap
-        sample); returns the optimiser steps taken."""
-        n, device = len(self.ta), self.ta.device
-        self.net.train()
-        if bootstrap:
-            order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens])).to(device)
-        else:
-            order = torch.from_numpy(np.stack([g.permutation(n) for g in gens])).to(device)
-        steps = 0
-        for s in range(0, n, batch):
-            idx = order[:, s:s + batch]
-            loss = _step_loss(self.net, self.xt, self.ta[idx], self.tb[idx], self.ty[idx], self.clf, self.group)
-            self.opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # members are independent: the sum's gradient is each one's
-            self.opt.step()
-            steps += 1
-        return steps
-
-
-class _EarlyStopping:
-    """Per member: keep the weights of its best validation epoch; stop when every member
-    has gone ``patience`` epochs without improving, once ``min_epochs`` have run (so a
-    few hundred pairs still get ``MIN_STEPS`` optimiser steps)."""
-
-    def __init__(self, state: dict[str, torch.Tensor], members: int, patience: int, min_epochs: int):
-        self.best = state
-        self.best_loss = np.full(members, np.inf)
-        self.best_pair_loss = np.full(members, np.inf)
-        self.best_epoch = [0] * members
-        self.stale = np.zeros(members, int)
-        self.patience, self.min_epochs = patience, min_epochs
-
-    def update(self, net: EnsembleMLP, epoch: int, val_loss: np.ndarray, val_pair_loss: np.ndarray) -> bool:
-        """Record an epoch's validation losses; whether training should stop now."""
-        state = net.state()
-        for i in range(len(self.best_loss)):
-            if val_loss[i] < self.best_loss[i] - 1e-5:
-                self.best_loss[i], self.best_epoch[i], self.stale[i] = val_loss[i], epoch, 0
-                self.best_pair_loss[i] = val_pair_loss[i]
-                net.member_state(state, i, self.best)
-            else:
-                self.stale[i] += 1
-        return epoch >= self.min_epochs and bool((self.stale >= self.patience).all())
+        """One pass over the pairs (see :func:`embrm.rm.epochs.run_epoch`); returns the steps."""
+        return run_epoch(self.net, self.opt, self.xt, (self.ta, self.tb, self.ty), self.clf, self.group, gens, batch,
+                         bootstrap)
 
 
 def _train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
