@@ -220,3 +220,18 @@ def test_no_function_over_80_lines():
     long = [(str(p.relative_to(PKG)), fn.name, fn.end_lineno - fn.lineno + 1) for p, fn in _functions()
             if fn.end_lineno - fn.lineno + 1 > 80]
     assert len(long) == 0, long  # 2 before issue 29: trainer.train (103), run_local (86)
+
+
+def test_no_route_module_imports_another():
+    """Routes are thin: what two routes share (request models, item checks) lives in
+    serve/protocol/, so no route module imports another."""
+    routes = {_module(p) for p in (PKG / "serve" / "routes").glob("*.py") if p.name != "__init__.py"}
+    bad = []
+    for p in (PKG / "serve" / "routes").glob("*.py"):
+        tree = ast.parse(p.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                  for a in n.names}
+        bad += [(p.name, m) for m in names & routes if m != _module(p)]
+    assert not bad, bad

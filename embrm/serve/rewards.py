@@ -25,7 +25,7 @@ import numpy as np
 
 from embrm import runformat
 from embrm.errors import EmbrmError
-from embrm.rm.metrics import AGGREGATIONS, aggregate
+from embrm.rm.metrics import aggregate
 
 if TYPE_CHECKING:
     from embrm.rm.trainer import RewardModel
@@ -234,9 +234,8 @@ class Scorer:
 
 
 def combine(scores: np.ndarray, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:
-    """(aggregated reward, member std) of ``(members, items)`` scores."""
-    if how not in AGGREGATIONS:
-        raise EmbrmError(f"unknown aggregation {how!r}; use one of {', '.join(AGGREGATIONS)}")
+    """(aggregated reward, member std) of ``(members, items)`` scores. ``how`` was checked
+    at the edge (:data:`embrm.serve.protocol.rewards.Aggregation`)."""
     return aggregate(scores, how, coef), scores.std(0)
 
 

@@ -15,12 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
+from embrm.serve.protocol.errors import COMMON, errors
 from embrm.store.wire import ARROW, run_files_ipc, run_files_of
 
-router = APIRouter()
+router = APIRouter(responses=COMMON)
 
 
-@router.put("/v1/rms/{name}", status_code=201)
+@router.put("/v1/rms/{name}", status_code=201, responses=errors(409, 413))
 async def push_rm(svc: Svc, name: str, request: Request, force: bool = False
                   ) -> dict[str, Any]:
     try:
@@ -34,7 +35,8 @@ async def push_rm(svc: Svc, name: str, request: Request, force: bool = False
     return await run_in_threadpool(svc.store.push_run_files, name, files, force)
 
 
-@router.get("/v1/rms/{name}/files")
+@router.get("/v1/rms/{name}/files", responses={200: {"content": {ARROW: {}}, "description": "the run's files as Arrow"},
+                                                 **errors(404)})
 async def pull_rm(svc: Svc, name: str) -> Response:
     if not await run_in_threadpool(svc.store.has_run, name):
         raise ApiError(404, f"no reward model named {name!r} is published here; GET /v1/rms lists them", None,
