@@ -10,7 +10,12 @@
   for that one forward pass);
 * **concurrent extractions**: three ``embrm extract`` processes on the same HH-RLHF pairs
   into one store, against one process alone (target: at most 1.5x its wall time, every
-  item stored once).
+  item stored once);
+* **the RM upload route** (``PUT /v1/rms/{name}``), on a fresh server of its own (its peak
+  is its own): 4 concurrent chunked pushes of a valid 200 MB run under a 256 MB
+  ``--max-upload-bytes`` (streamed to disk, then checked and written one at a time), and
+  4 concurrent chunked 400 MB junk bodies against the same limit (413 at the limit);
+  resident memory idle, peak and after (target: peak under 2x idle).
 
 Prints a table and writes JSON. Needs ../shared/data/hh-rlhf for the texts.
 """
@@ -18,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,6 +119,76 @@ def memory(d: Path, upload_mb: int) -> dict:
         proc.wait(60)
 
 
+def chunked_put(url: str, body: bytes | None, size: int, piece: int = 1 << 20) -> tuple[int, int]:
+    """PUT ``body`` (or ``size`` junk bytes) chunked, no Content-Length; (status, bytes sent)."""
+    sent = [0]
+
+    def pieces():
+        view = memoryview(body) if body is not None else None
+        while sent[0] < size:
+            chunk = view[sent[0]:sent[0] + piece] if view is not None else b"\xff" * min(piece, size - sent[0])
+            sent[0] += len(chunk)
+            yield chunk
+
+    req = urllib.request.Request(url, pieces(), {"Content-Type": "application/vnd.apache.arrow.stream"}, method="PUT")
+    try:
+        with urllib.request.urlopen(req, timeout=1800) as r:
+            r.read()
+            return r.status, sent[0]
+    except urllib.error.HTTPError as e:
+        return e.code, sent[0]
+    except OSError:  # the server answered 413 and closed while we were still sending
+        return 413, sent[0]
+
+
+def big_run(dim: int, info: dict, mb: int) -> bytes:
+    """A valid bt run of about ``mb`` MB for the served embedding, as the push route's body."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    from embrm.store.wire import run_files_ipc
+
+    hidden = (mb << 20) // (4 * (dim + 2))
+    rng = np.random.default_rng(0)
+    w = {"w0": (rng.standard_normal((1, dim, hidden), np.float32) / 30), "b0": np.zeros((1, 1, hidden), np.float32),
+         "w1": rng.standard_normal((1, hidden, 1), np.float32) / 300, "b1": np.zeros((1, 1, 1), np.float32)}
+    cfg = {"run_format": 2, "embrm_version": "bench", "dim": dim, "model_hash": info["model_hash"],
+           "layer": info["layers"][0], "train": {"method": "bt", "ensemble": 1, "hidden": [hidden]}}
+    return run_files_ipc({"config.json": json.dumps(cfg).encode(), "weights.safetensors": save(w)})
+
+
+def rm_uploads(d: Path, limit_mb: int, run_mb: int = 200) -> dict:
+    proc, url = start_server(d / "store", "--max-upload-bytes", str(limit_mb << 20))
+    try:
+        with urllib.request.urlopen(url + "/v1/info", timeout=60) as r:
+            info = json.loads(r.read())
+        body = big_run(info["dim"], info, run_mb)
+        out = {"idle_mb": rss(proc.pid), "run_mb": len(body) >> 20, "limit_mb": limit_mb,
+               "load_average_before": os.getloadavg()[0]}
+        results: list = []
+
+        def push(i: int, data: bytes | None, size: int, kind: str) -> None:
+            results.append((kind, *chunked_put(f"{url}/v1/rms/{kind}-{i}", data, size)))
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=push, args=(i, body, len(body), "run")) for i in range(4)]
+        threads += [threading.Thread(target=push, args=(i, None, 400 << 20, "junk")) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        out["seconds"] = time.perf_counter() - t
+        out["statuses"] = sorted((k, s) for k, s, _ in results)
+        out["junk_sent_mb"] = sorted(n >> 20 for k, _, n in results if k == "junk")
+        time.sleep(2)
+        out["after_mb"], out["peak_mb"] = rss(proc.pid), rss(proc.pid, "VmHWM")
+        out["load_average_after"] = os.getloadavg()[0]  # the machine is shared: timings vary with it
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
 def concurrent(d: Path, pairs: int) -> dict:
     rows = list(iter_rows(DatasetSpec(str(HH), limit=pairs)))
     d.mkdir(parents=True, exist_ok=True)
@@ -140,13 +217,20 @@ def main() -> None:
     ap.add_argument("--upload-mb", type=int, default=256, help="--max-upload-bytes of the server, in MB")
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--json", default="hardening.json")
+    ap.add_argument("--only", choices=["all", "rm"], default="all", help="rm: only the RM upload route")
     a = ap.parse_args()
     if not HH.exists():
         raise SystemExit(f"needs {HH}")
     with tempfile.TemporaryDirectory() as d:
+        rm = rm_uploads(Path(d) / "rm", a.upload_mb)
+        if a.only == "rm":
+            print(machine_line())
+            print(table(rm_rows(rm), ["what", "value", "target"]))
+            write_json(a.json, {"rm_upload": rm})
+            return
         mem = memory(Path(d) / "mem", a.upload_mb)
         con = concurrent(Path(d) / "con", a.pairs)
-    rows = [
+    rows = [*rm_rows(rm),
         {"what": "server RSS idle", "value": f"{mem['idle_mb']} MB", "target": ""},
         {"what": "after 8 concurrent 30 MB requests", "value": f"{mem['after_requests_mb']} MB "
          f"({mem['after_requests_mb'] / mem['idle_mb']:.2f}x idle)", "target": "< 2x idle"},
@@ -168,7 +252,21 @@ def main() -> None:
     ]
     print(machine_line())
     print(table(rows, ["what", "value", "target"]))
-    write_json(a.json, {"memory": mem, "concurrent": con})
+    write_json(a.json, {"memory": mem, "concurrent": con, "rm_upload": rm})
+
+
+def rm_rows(rm: dict) -> list[dict]:
+    return [
+        {"what": "RM route: server RSS idle (fresh server)", "value": f"{rm['idle_mb']} MB", "target": ""},
+        {"what": f"4 chunked {rm['run_mb']} MB runs + 4 chunked 400 MB junk bodies, limit {rm['limit_mb']} MB",
+         "value": f"peak {rm['peak_mb']} MB ({rm['peak_mb'] / rm['idle_mb']:.2f}x idle), after {rm['after_mb']} MB, "
+                  f"{rm['seconds']:.0f} s", "target": "peak < 2x idle"},
+        {"what": "answers", "value": ", ".join(f"{k} {s}" for k, s in rm["statuses"]), "target": "run 201, junk 413"},
+        {"what": "junk bytes sent before the 413", "value": f"{rm['junk_sent_mb']} MB",
+         "target": f"about {rm['limit_mb']} MB"},
+        {"what": "load average (1 min) before, after", "value": f"{rm.get('load_average_before', 0):.1f}, "
+         f"{rm.get('load_average_after', 0):.1f}", "target": "(a shared machine)"},
+    ]
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
-from embrm import __version__
+from embrm import __version__, runcheck, runshapes
 from embrm.errors import EmbrmError
+from embrm.printable import printable
 
 RUN_FORMAT = 2  # format 2 added standardisation statistics and logistic regression
 READS = (1, 2)
@@ -32,7 +32,6 @@ FILE_NAME = re.compile(r"config\.json|metrics\.json|weights\.safetensors|standar
                        r"|lgbm_\d{1,4}\.txt|[a-z0-9][a-z0-9_\-]{0,63}\.png")
 MAX_FILE_BYTES = 1 << 30
 MAX_JSON_BYTES = 64 << 20
-NEURAL = ("bt", "clf", "linear", "logreg", "logreg-clf")  # weights.safetensors (logreg as a linear net)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -44,26 +43,23 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def check_config(raw: bytes, where: str) -> dict[str, Any]:
-    """Parse a run's config and check what embrm relies on; one line naming the problem."""
+    """Parse a run's config and check every field embrm reads (types and ranges, see
+    :mod:`embrm.runcheck`); one line naming the field and what it should be."""
     if len(raw) > MAX_JSON_BYTES:
         raise EmbrmError(f"{where}: config.json is over {MAX_JSON_BYTES >> 20} MB")
     try:
-        cfg = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        cfg = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise EmbrmError(f"{where}: config.json is not valid JSON; the run directory is damaged") from None
     if not isinstance(cfg, dict):
         raise EmbrmError(f"{where}: config.json must hold a JSON object")
     fmt = cfg.get("run_format")
-    if fmt not in READS:
-        raise EmbrmError(f"{where} was written by embrm {cfg.get('embrm_version', '?')} in run format {fmt}; "
-                         f"this embrm ({__version__}) reads formats {', '.join(map(str, READS))}: retrain, or use a "
-                         "matching embrm")
-    train = cfg.get("train")
-    if not isinstance(train, dict) or not isinstance(train.get("method"), str) or \
-            not isinstance(train.get("ensemble"), int) or train["ensemble"] < 1:
-        raise EmbrmError(f"{where}: config.json has no valid train.method and train.ensemble")
-    if not isinstance(cfg.get("dim"), int) or cfg["dim"] < 1:
-        raise EmbrmError(f"{where}: config.json has no valid dim")
+    if isinstance(fmt, bool) or fmt not in READS:
+        raise EmbrmError(f"{where} was written by embrm {str(cfg.get('embrm_version', '?'))[:20]} in run format "
+                         f"{str(fmt)[:20]}; this embrm ({__version__}) reads formats {', '.join(map(str, READS))}: "
+                         "retrain, or use a matching embrm")
+    runcheck.check_train(cfg.get("train"), where)
+    runcheck.check_fields(cfg, where)
     return cfg
 
 
@@ -93,11 +89,15 @@ def finite(obj: Any) -> Any:
     return obj
 
 
-def check_files(files: dict[str, bytes], where: str) -> dict[str, Any]:
-    """Check a whole run given as ``{file name: bytes}``; returns its config."""
+def check_files(files: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check a whole run given as ``{file name: bytes}`` (or any buffer); returns its config.
+
+    The one check every reader and publisher of a run uses (:mod:`embrm.runcheck`): the
+    config, then exactly the weight files its method implies (:mod:`embrm.runshapes`),
+    each against the config, and the standardisation statistics."""
     bad = [n for n in files if not FILE_NAME.fullmatch(n)]
     if bad:
-        raise EmbrmError(f"{where}: {bad[0][:80]!r} is not a file a run holds (config.json, metrics.json, "
+        raise EmbrmError(f"{where}: {printable(bad[0], 80)!r} is not a file a run holds (config.json, metrics.json, "
                          "weights.safetensors, standardize.safetensors, lgbm_<i>.txt, *.png)")
     big = [n for n, b in files.items() if len(b) > MAX_FILE_BYTES]
     if big:
@@ -107,64 +107,38 @@ def check_files(files: dict[str, bytes], where: str) -> dict[str, Any]:
     cfg = check_config(files[CONFIG], where)
     if METRICS in files:
         try:
-            json.loads(files[METRICS].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            json.loads(bytes(files[METRICS]).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise EmbrmError(f"{where}: metrics.json is not valid JSON") from None
-    method, members = cfg["train"]["method"], cfg["train"]["ensemble"]
-    if STATS in files:  # standardisation statistics: a mean and a std per input dimension
-        header = check_safetensors(files[STATS], None, cfg["dim"], where, STATS)
-        if any(not isinstance(header.get(k), dict) or header[k]["shape"] != [cfg["dim"]] for k in ("mean", "std")):
-            raise EmbrmError(f"{where}: {STATS} does not hold a mean and a std of dim {cfg['dim']}")
-    if method == "lgbm":
-        want = {f"lgbm_{i}.txt" for i in range(members)}
-        if not want <= set(files):
-            raise EmbrmError(f"{where}: a LightGBM run of {members} members needs lgbm_0.txt .. lgbm_{members - 1}.txt")
-    elif method in NEURAL:
-        if WEIGHTS not in files:
-            raise EmbrmError(f"{where}: a {method} run needs {WEIGHTS}")
-        check_safetensors(files[WEIGHTS], members, cfg["dim"], where, WEIGHTS)
+    train, dim = cfg["train"], cfg["dim"]
+    _check_stats(files, train, dim, where)
+    weights = {n for n in files if n == WEIGHTS or n.startswith("lgbm_")}
+    if train["method"] in runshapes.FILES:
+        want = set(runshapes.FILES[train["method"]](train, dim))
+        if weights != want:
+            name = sorted(want - weights or weights - want)[0]
+            raise EmbrmError(f"{where}: a {train['method']} run of {train['ensemble']} members holds "
+                             f"{', '.join(sorted(want))} and nothing else; {name} is "
+                             f"{'missing' if name in want else 'not one of them'}")
+        for name in sorted(want):
+            runcheck.check_lgbm(files[name], dim, where, name)
     else:
-        raise EmbrmError(f"{where}: unknown method {method!r} in config.json")
+        if weights != {WEIGHTS}:
+            raise EmbrmError(f"{where}: a {train['method']} run holds its weights in {WEIGHTS} and nothing else "
+                             f"(found: {', '.join(sorted(weights)) or 'none'})")
+        runcheck.check_tensors(files[WEIGHTS], runshapes.TENSORS[train["method"]](train, dim), where, WEIGHTS)
     return cfg
 
 
-def check_safetensors(raw: bytes, members: int | None, dim: int, where: str, name: str) -> dict[str, Any]:
-    """Parse a safetensors header (no torch) and check that its tensors lie inside the
-    file and, for weights (``members`` given), that the first layer is
-    ``(members, dim, ...)``; returns the header."""
-    if len(raw) < 8:
-        raise EmbrmError(f"{where}: {name} is cut short")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > min(len(raw) - 8, MAX_JSON_BYTES):
-        raise EmbrmError(f"{where}: {name} has a header longer than the file")
-    try:
-        header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise EmbrmError(f"{where}: {name} has no valid header") from None
-    if not isinstance(header, dict):
-        raise EmbrmError(f"{where}: {name} has no valid header")
-    size = len(raw) - 8 - n
-    sizes = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
-    for key, t in header.items():
-        if key == "__metadata__":
-            continue
-        ok = isinstance(t, dict) and t.get("dtype") in sizes and isinstance(t.get("shape"), list) and \
-            all(isinstance(d, int) and d >= 0 for d in t["shape"]) and isinstance(t.get("data_offsets"), list) and \
-            len(t["data_offsets"]) == 2 and all(isinstance(o, int) for o in t["data_offsets"])
-        if not ok:
-            raise EmbrmError(f"{where}: tensor {str(key)[:40]!r} of {name} is malformed")
-        start, end = t["data_offsets"]
-        count = 1
-        for d in t["shape"]:
-            count *= d
-        if not 0 <= start <= end <= size or end - start != count * sizes[t["dtype"]]:
-            raise EmbrmError(f"{where}: tensor {str(key)[:40]!r} of {name} does not lie inside the file")
-    if members is None:
-        return header
-    w0 = header.get("w0")
-    if not isinstance(w0, dict) or len(w0["shape"]) != 3 or w0["shape"][:2] != [members, dim]:
-        raise EmbrmError(f"{where}: {name} does not hold {members} members of input dim {dim}")
-    return header
+def _check_stats(files: dict[str, Any], train: dict[str, Any], dim: int, where: str) -> None:
+    """Standardisation statistics where, and only where, the run says it standardised."""
+    said = train.get("standardize")
+    if said is True and STATS not in files:
+        raise EmbrmError(f"{where}: config.json train.standardize is true, and the run has no {STATS}")
+    if said is False and STATS in files:
+        raise EmbrmError(f"{where}: config.json train.standardize is false, and the run holds {STATS}")
+    if STATS in files:
+        runcheck.check_stats(files[STATS], dim, where, STATS)
 
 
 def read_files(run_dir: Path) -> dict[str, bytes]:
@@ -175,5 +149,13 @@ def read_files(run_dir: Path) -> dict[str, bytes]:
         raise EmbrmError(f"{run_dir} is not a directory; pass the --out of `embrm train`")
     files = {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())
              if p.is_file() and not p.is_symlink() and FILE_NAME.fullmatch(p.name)}
+    if CONFIG not in files:
+        raise EmbrmError(f"{run_dir} is not an embrm run directory (no config.json); pass the --out of `embrm train`")
     check_files(files, str(run_dir))
     return files
+
+
+def checked_config(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config, after the check of every file of the run (not only the
+    config): for commands that do expensive work before they load the weights."""
+    return check_config(read_files(run_dir)[CONFIG], str(run_dir))

@@ -64,9 +64,11 @@ class SelectConfig:
 
 
 def _labelled_keys(path: str) -> list[tuple[str, str]]:
-    """Item-key pairs of a file of labelled pairs (two-prompt or prompt/chosen/rejected)."""
+    """Item-key pairs of a file of labelled pairs (two-prompt or prompt/chosen/rejected).
+    A two-prompt record needs its ``winner`` ('a' or 'b'): a pair nobody labelled is not
+    excluded by mistake; a file with no labelled pair at all is refused."""
     from embrm.extractor.datasets import DatasetSpec, iter_records
-    from embrm.extractor.shapes import PAIR2, Columns
+    from embrm.extractor.shapes import PAIR2, WINNER, Columns
     from embrm.store.keys import item_key
 
     c = Columns()
@@ -74,13 +76,20 @@ def _labelled_keys(path: str) -> list[tuple[str, str]]:
     for i, rec in enumerate(iter_records(DatasetSpec(path))):
         try:
             if set(PAIR2) <= set(rec):
+                won = rec.get(WINNER)
+                if not isinstance(won, str) or won.strip().lower() not in ("a", "b"):
+                    raise EmbrmError(f"{path} record {i} (line {i + 1}): winner is {repr(won)[:40]}, not 'a' or 'b'; "
+                                     "--exclude takes pairs annotators labelled: fill in the winner, or drop the "
+                                     "record")
                 out.append((item_key(rec["prompt_a"], rec["response_a"]), item_key(rec["prompt_b"], rec["response_b"])))
             else:
                 out.append((item_key(rec[c.prompt], rec[c.chosen]), item_key(rec[c.prompt], rec[c.rejected])))
         except (KeyError, AttributeError, TypeError, UnicodeError):
-            raise EmbrmError(f"{path} record {i}: --exclude takes files of labelled pairs with prompt_a, response_a, "
-                             "prompt_b, response_b (what `embrm active select` writes) or prompt, chosen, rejected"
-                             ) from None
+            raise EmbrmError(f"{path} record {i} (line {i + 1}): --exclude takes files of labelled pairs with "
+                             "prompt_a, response_a, prompt_b, response_b, winner (what `embrm active select` writes, "
+                             "filled in) or prompt, chosen, rejected") from None
+    if not out:
+        raise EmbrmError(f"{path} holds no labelled pairs; --exclude takes files of pairs labelled before")
     return out
 
 
@@ -118,12 +127,13 @@ def _texts(store: Any, e: Any, layer: int, rows: np.ndarray, keys: list[str]) ->
 def select_pairs(store: Any, cfg: SelectConfig) -> dict[str, Any]:
     """Choose and write the batch; returns what was done, for the CLI to print."""
     from embrm.pipeline.files import write_records
-    from embrm.rm.run import load_run, read_config
+    from embrm.rm.run import load_run
+    from embrm.runformat import checked_config
     from embrm.store.keys import short
 
     cfg.validate()
     e = store.resolve(cfg.model_key, cfg.dataset_key)
-    rc = read_config(Path(cfg.rm)) if cfg.rm else {"model_hash": e.model_hash, "dim": e.dim,
+    rc = checked_config(Path(cfg.rm)) if cfg.rm else {"model_hash": e.model_hash, "dim": e.dim,
                                                    "layer": e.layers[0] if e.layers else None}
     if e.model_hash != rc.get("model_hash"):  # checked before the weights are loaded
         raise EmbrmError(f"the reward model in {cfg.rm} was trained on vectors of {rc.get('model_name')} "

@@ -21,7 +21,7 @@ from embrm.extractor.datasets import DatasetSpec
 from embrm.extractor.embedder import EmbeddingSpec
 from embrm.extractor.extraction import extract
 from embrm.paths import output_file
-from embrm.runformat import read_config
+from embrm.runformat import checked_config
 from embrm.store.base import Store
 
 
@@ -36,7 +36,7 @@ def run_embedding(cfg: dict[str, Any], store: Store) -> EmbeddingSpec:
 
 def embed_for_run(run_dir: Path, data: DatasetSpec, store: Store, run: RunOptions) -> tuple[dict[str, Any], str]:
     """Extract ``data`` under the run's embedding into ``store``; (run config, dataset hash)."""
-    cfg = read_config(run_dir)
+    cfg = checked_config(run_dir)  # the whole run checked before anything is embedded
     spec = run_embedding(cfg, store)
     res = extract(ExtractConfig(data, spec, run), store=store)
     if res.model_hash != cfg["model_hash"]:

@@ -17,13 +17,21 @@ from scipy.stats import kendalltau, rankdata
 from embrm.errors import EmbrmError
 
 AGGREGATIONS = ("mean", "min", "single", "mean-var", "mean-std")
+#: The finite range of the coefficient of mean-var (lambda) and mean-std (beta): how many
+#: variances (standard deviations) of the members' disagreement a reward loses. Within
+#: it, a reward of finite member scores only overflows where the scores themselves are
+#: near float32's limit, and that is refused item by item (:func:`finite_rewards`).
+COEF_RANGE = (0.0, 1e6)
+COEF_NAME = {"mean-var": "lambda", "mean-std": "beta"}
+F32_MAX = float(np.finfo(np.float32).max)
 DEFAULT_BON = (1, 2, 5, 10, 30, 50, 100, 300, 500)
 
 
 def aggregate(scores: np.ndarray, how: str, coef: float = 1.0) -> np.ndarray:
     """Combine member scores ``(M, ...)`` into one: mean, min (worst case), single (first
     member), mean - coef*var (uncertainty-weighted, Coste et al. 2023) or mean - coef*std
-    (a lower confidence bound)."""
+    (a lower confidence bound). ``coef`` must lie in :data:`COEF_RANGE`."""
+    check_coef(how, coef)
     if how == "mean":
         return scores.mean(0)
     if how == "min":
@@ -35,6 +43,36 @@ def aggregate(scores: np.ndarray, how: str, coef: float = 1.0) -> np.ndarray:
     if how == "mean-std":
         return scores.mean(0) - coef * scores.std(0)
     raise EmbrmError(f"unknown aggregation {how!r}; use one of {', '.join(AGGREGATIONS)}")
+
+
+def check_coef(how: str, coef: float) -> None:
+    """Refuse a mean-var / mean-std coefficient outside :data:`COEF_RANGE`, by its name."""
+    lo, hi = COEF_RANGE
+    if how in COEF_NAME and not (np.isfinite(coef) and lo <= coef <= hi):
+        raise EmbrmError(f"{COEF_NAME[how]} of {how} is {coef:g}; use a finite number from {lo:g} to {hi:g}")
+
+
+def finite_rewards(scores: np.ndarray, how: str, coef: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(aggregated reward, members' std) of ``(members, items)`` scores, in float64, each
+    within float32's range, or an :class:`EmbrmError` naming the first item that is not
+    (and the coefficient, where it is the cause). A reward is finite or refused, never
+    NaN, inf or null."""
+    check_coef(how, coef)
+    s = np.asarray(scores, np.float64)
+    bad = ~np.isfinite(s).all(0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise EmbrmError(f"item {i}: the reward model's members score it {s[:, i][~np.isfinite(s[:, i])][0]}, not "
+                         "a finite number (its weights overflow on this input)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        reward, std = aggregate(s, how, coef), s.std(0)
+    bad = ~(np.isfinite(reward) & (np.abs(reward) <= F32_MAX) & np.isfinite(std) & (std <= F32_MAX))
+    if bad.any():
+        i = int(np.argmax(bad))
+        why = f" with {COEF_NAME[how]} {coef:g}; use a smaller {COEF_NAME[how]}" if how in COEF_NAME else ""
+        raise EmbrmError(f"item {i}: the {how} reward overflows float32 (member scores up to "
+                         f"{np.abs(s[:, i]).max():.3g}){why}")
+    return reward, std
 
 
 def bon_weights(k: int, ns: list[int]) -> np.ndarray:

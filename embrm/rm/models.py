@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from embrm.errors import EmbrmError
+
 # Hidden-activation bytes that one batched matmul over a group of members may produce.
 # Measured on the 2-core dev machine (benchmarks/bench_ensemble.py, three runs): all 10
 # members of the seed-size MLP at D=576 in one group ((10, 2048, 1024) activations, 42 MB
@@ -138,6 +140,15 @@ class EnsembleMLP(nn.Module):
         return out
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy ``state`` in: exactly this net's tensors with exactly its shapes, checked
+        first (``copy_`` alone would broadcast a smaller tensor into a wrong model)."""
+        want = {f"{c}{i}": tuple(t.shape) for c, ts in (("w", self.weights), ("b", self.biases))
+                for i, t in enumerate(ts)}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            bad = next((k for k in want if got.get(k) != want[k]), None) or sorted(set(got) - set(want))[0]
+            raise EmbrmError(f"weights {bad} have shape {list(got[bad]) if bad in got else 'missing'}; this "
+                             f"ensemble needs {list(want[bad]) if bad in want else 'no such tensor'}")
         with torch.no_grad():
             for i, (w, b) in enumerate(zip(self.weights, self.biases)):
                 w.copy_(state[f"w{i}"])

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.standardize import Standardizer
 from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
-from embrm.runformat import CONFIG, RUN_FORMAT, STATS, WEIGHTS, read_config
+from embrm.runformat import CONFIG, RUN_FORMAT, STATS, WEIGHTS, check_config, read_config, read_files
 
 __all__ = ["load_run", "read_config", "save_run", "write_json"]
 
@@ -53,26 +53,40 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
 
 
 def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:
+    """A run directory as a model, after the one check of every file
+    (:func:`embrm.runformat.read_files`): the weights are loaded from the checked bytes,
+    with exactly the shapes the config implies."""
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+    files = read_files(run_dir)  # every file checked
+    cfg = check_config(files[CONFIG], str(run_dir))
     t = dict(cfg["train"])
-    t["hidden"] = tuple(t["hidden"])
+    t["hidden"] = tuple(t.get("hidden", TrainConfig.hidden))
     tc = TrainConfig(**t)
     log = TrainLog(**cfg.get("log", {}))
-    std = Standardizer.from_tensors(load_file(str(run_dir / STATS))) if (run_dir / STATS).exists() else None
+    std = Standardizer.from_tensors(load(files[STATS])) if STATS in files else None
     if tc.method == "lgbm":
-        try:
-            import lightgbm as lgb
-        except ImportError:
-            raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
-        boosters = [lgb.Booster(model_str=(run_dir / f"lgbm_{i}.txt").read_text()) for i in range(tc.ensemble)]
-        return RewardModel(tc, cfg["dim"], boosters=boosters, log=log, standardizer=std), cfg
-    state = load_file(str(run_dir / WEIGHTS))
+        return RewardModel(tc, cfg["dim"], boosters=_boosters(files, tc.ensemble, run_dir), log=log,
+                           standardizer=std), cfg
     hidden, bias = net_shape(tc)
     net = EnsembleMLP(tc.ensemble, cfg["dim"], hidden, bias=bias)
-    net.load_state(state)
+    net.load_state(load(files[WEIGHTS]))
     net.eval()
     return RewardModel(tc, cfg["dim"], net=net, log=log, standardizer=std), cfg
+
+
+def _boosters(files: dict[str, bytes], members: int, run_dir: Path) -> list[Any]:
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
+    out = []
+    for i in range(members):
+        try:
+            out.append(lgb.Booster(model_str=files[f"lgbm_{i}.txt"].decode("ascii")))
+        except lgb.basic.LightGBMError as e:  # checked already; whatever LightGBM still finds is the run's fault
+            raise EmbrmError(f"{run_dir}: lgbm_{i}.txt is not a model LightGBM can read "
+                             f"({str(e).splitlines()[0][:120] if str(e) else 'LightGBMError'})") from None
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:

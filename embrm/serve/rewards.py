@@ -25,7 +25,7 @@ import numpy as np
 
 from embrm import runformat
 from embrm.errors import EmbrmError
-from embrm.rm.metrics import aggregate
+from embrm.rm.metrics import finite_rewards
 
 if TYPE_CHECKING:
     from embrm.rm.trainer import RewardModel
@@ -150,10 +150,14 @@ class RewardModels:
 
         with self._lock:
             if run.model is None:
-                if run.path is None:  # a published run: a private copy of its files
-                    tag = hashlib.sha256(f"{run.name}\0{run.version}".encode()).hexdigest()[:16]
-                    run.path = self.store.pull_run(run.name, self._cache / f"{run.name}-{tag}")
-                run.model, _ = load_run(run.path)
+                try:
+                    if run.path is None:  # a published run: a private copy of its files
+                        tag = hashlib.sha256(f"{run.name}\0{run.version}".encode()).hexdigest()[:16]
+                        run.path = self.store.pull_run(run.name, self._cache / f"{run.name}-{tag}")
+                    run.model, _ = load_run(run.path)
+                except EmbrmError as e:  # checked at push, but a store may hold runs from before the check
+                    run.problem = str(e)
+                    raise
             return run
 
     # ------------------------------------------------------------- scoring
@@ -234,9 +238,10 @@ class Scorer:
 
 
 def combine(scores: np.ndarray, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:
-    """(aggregated reward, member std) of ``(members, items)`` scores. ``how`` was checked
-    at the edge (:data:`embrm.serve.protocol.rewards.Aggregation`)."""
-    return aggregate(scores, how, coef), scores.std(0)
+    """(aggregated reward, member std) of ``(members, items)`` scores, every one finite
+    (:func:`~embrm.rm.metrics.finite_rewards`: an item that overflows is an error naming it).
+    ``how`` was checked at the edge (:data:`embrm.serve.protocol.rewards.Aggregation`)."""
+    return finite_rewards(scores, how, coef)
 
 
 def _metrics(path: Path) -> dict[str, Any] | None:

@@ -189,8 +189,11 @@ class Store(ABC):
         """Whether a reward model is published under ``name``."""
         self.refuse("asking for a published run", NOT_HERE)
 
-    def push_run_files(self, name: str, files: dict[str, bytes], force: bool = False) -> dict[str, Any]:
-        """Publish a run given as ``{file name: bytes}`` (checked first, one commit)."""
+    def push_run_files(self, name: str, files: dict[str, Any], force: bool = False, consume: bool = False
+                       ) -> dict[str, Any]:
+        """Publish a run given as ``{file name: bytes or buffer}`` (checked first, one
+        commit); ``consume`` empties ``files`` once copied (an upload's memory map goes
+        before the write)."""
         self.refuse("publishing a run's files", NOT_HERE)
 
     def run_files(self, name: str) -> dict[str, bytes]:

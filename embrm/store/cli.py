@@ -105,10 +105,13 @@ def rm_group() -> None:
 @click.option("--force", is_flag=True, help="Replace a run already published under NAME.")
 @store_option
 def rm_push(run_dir: str, name: str, force: bool, store_uri: str | None) -> None:
-    """Publish a run directory (checked first; weights travel as safetensors, never pickle)."""
+    """Publish a run directory (checked first; weights travel as safetensors, never pickle).
+    A local directory or object-store prefix that holds no store yet becomes one."""
+    from embrm.runformat import read_files
     from embrm.store import open_store
 
-    store = open_store(store_uri)
+    read_files(Path(run_dir))  # checked before a store is opened, or created as `extract` does
+    store = open_store(store_uri, create=True)
     s = store.push_run(name, Path(run_dir), force)
     click.echo(f"pushed {s['name']} ({s['method']} x{s['members']}, dim {s['dim']}, layer {s['layer']}) to {store.uri}")
 

@@ -161,8 +161,9 @@ class LanceStore(Store):
     def has_run(self, name: str) -> bool:
         return self.registry.has(name)
 
-    def push_run_files(self, name: str, files: dict[str, bytes], force: bool = False) -> dict[str, Any]:
-        return self.registry.push_files(name, files, force)
+    def push_run_files(self, name: str, files: dict[str, Any], force: bool = False, consume: bool = False
+                       ) -> dict[str, Any]:
+        return self.registry.push_files(name, files, force, consume)
 
     def run_files(self, name: str) -> dict[str, bytes]:
         return self.registry.files(name)

@@ -63,23 +63,33 @@ class RunRegistry:
         """Publish the run directory ``run_dir`` under ``name``."""
         return self.push_files(name, runformat.read_files(run_dir), force)
 
-    def push_files(self, name: str, files: dict[str, bytes], force: bool = False) -> dict[str, Any]:
-        """Publish a run given as ``{file name: bytes}`` (checked first, one commit)."""
+    def push_files(self, name: str, files: dict[str, Any], force: bool = False, consume: bool = False
+                   ) -> dict[str, Any]:
+        """Publish a run given as ``{file name: bytes}`` (checked first, one commit).
+
+        With ``consume`` the dict is emptied once its bytes are copied into the row, so
+        that buffers of a memory-mapped upload are unmapped before the write. A new name
+        on a store whose commits are exclusive under the lock is an append (measured: a
+        200 MB run's ``merge_insert`` peaked 600 MB above the row, an append 370 MB)."""
         check_name(name)
         cfg = runformat.check_files(files, f"run {name}")
-        metrics = json.loads(files[runformat.METRICS]) if runformat.METRICS in files else None
+        metrics = json.loads(bytes(files[runformat.METRICS])) if runformat.METRICS in files else None
         summary = runformat.summary(name, cfg, metrics)
-        row = {"name": name, "summary": json.dumps(summary), "pushed_at": now(),
-               "files": [{"name": n, "sha256": hashlib.sha256(b).hexdigest(), "data": b}
-                         for n, b in sorted(files.items())]}
-        data = pa.Table.from_pylist([row], schema=SCHEMA)
+        pushed_at = now()
+        data = _row(name, json.dumps(summary), pushed_at, files)
+        if consume:
+            files.clear()
         self.tables.create(TABLE, SCHEMA)
         with self.tables.lock(TABLE):
-            if not force and self.has(name):
+            exists = self.has(name)
+            if exists and not force:
                 raise EmbrmError(f"a reward model named {name!r} is already published in {self.where}; "
                                  "pick another name, or pass --force to replace it")
-            merge(self.tables.get(TABLE), "name", data, update=True)
-        return {**summary, "pushed_at": row["pushed_at"]}
+            if not exists and self.tables.exclusive_commits:
+                self.tables.append(TABLE, data.cast(self.tables.get(TABLE).schema))
+            else:
+                merge(self.tables.get(TABLE), "name", data, update=True)
+        return {**summary, "pushed_at": pushed_at}
 
     def _rows(self, names: list[str] | None, columns: list[str]) -> list[dict[str, Any]]:
         ds = self.tables.open(TABLE)
@@ -116,6 +126,34 @@ class RunRegistry:
         return write_run(self.files(name), out)
 
 
+def _row(name: str, summary: str, pushed_at: str, files: dict[str, Any]) -> pa.Table:
+    """The registry row of a run; ``files`` may be bytes or buffers (an upload's memory map),
+    copied once, into the row."""
+    names = sorted(files)
+    entries = pa.StructArray.from_arrays(
+        [pa.array(names, pa.string()), pa.array([hashlib.sha256(files[n]).hexdigest() for n in names], pa.string()),
+         _binary([files[n] for n in names])],
+        fields=list(SCHEMA.field("files").type.value_type))
+    return pa.table({"name": [name], "summary": [summary], "pushed_at": [pushed_at],
+                     "files": pa.ListArray.from_arrays(pa.array([0, len(names)], pa.int32()), entries)},
+                    schema=SCHEMA)
+
+
+def _binary(values: list[Any]) -> pa.Array:
+    """A large_binary array of ``values`` (bytes or buffers), copied once into one buffer.
+    Not ``pa.array`` of memoryviews: that was measured to keep every copy alive (200 MB
+    more resident after each 200 MB push)."""
+    import numpy as np
+
+    offsets = np.zeros(len(values) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(v) for v in values])
+    data = pa.allocate_buffer(int(offsets[-1]))
+    dst = np.frombuffer(data, np.uint8)
+    for v, at in zip(values, offsets[:-1].tolist()):
+        dst[at:at + len(v)] = np.frombuffer(v, np.uint8)
+    return pa.Array.from_buffers(pa.large_binary(), len(values), [None, pa.py_buffer(offsets.tobytes()), data])
+
+
 def write_run(files: dict[str, bytes], out: Path) -> Path:
     """Write a run's checked files into directory ``out``, whole or not at all: into a
     temporary directory beside it first, then renamed. ``out`` must not hold anything."""
@@ -124,14 +162,21 @@ def write_run(files: dict[str, bytes], out: Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise EmbrmError(f"{out} already exists and is not an empty directory; pass a new --out")
     parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as e:
+        raise EmbrmError(f"cannot write the run to {out} ({e.strerror or type(e).__name__}); pass an --out in a "
+                         "writable directory") from None
     try:
         for n, b in files.items():
             (tmp / n).write_bytes(b)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as e:
+        raise EmbrmError(f"cannot write the run to {out} ({e.strerror or type(e).__name__}); nothing was written"
+                         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -10,6 +10,7 @@ weight nor a GPU to read the team's cache. Tokens come from ``$EMBRM_TOKEN``.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -63,6 +64,10 @@ class HttpClient:
             except Exception:
                 msg = f"HTTP {e.code} {e.reason}"
             raise EmbrmError(f"{self.url}: {msg}") from None
+        except http.client.HTTPException as e:  # the server went away after the request reached it
+            raise EmbrmError(f"{self.url} closed the connection without answering {method} {path} "
+                             f"({type(e).__name__}); a change it asked for may or may not be made: look, or "
+                             "rerun it (every change is one commit, so a rerun is safe)") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise EmbrmError(f"cannot reach the embrm service at {self.url} ({reason}); is `embrm serve` "
@@ -71,7 +76,16 @@ class HttpClient:
     def json(self, method: str, path: str, payload: Any = None, params: dict[str, Any] | None = None) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
         with self.open(method, path, params, body, {"Content-Type": "application/json"} if body else None) as r:
-            return json.loads(r.read())
+            return json.loads(self.read(r, f"{method} {path}"))
+
+    def read(self, r: Any, what: str, after: str = "") -> bytes:
+        """A response's whole body, or one line saying the server went away mid-answer
+        (``after``: what that means for the request, e.g. whether a rerun is safe)."""
+        try:
+            return r.read()
+        except (http.client.HTTPException, OSError) as e:
+            raise EmbrmError(f"{self.url} closed the connection before its answer to {what} was complete "
+                             f"({type(e).__name__}){after}") from None
 
 
 def _q(s: str) -> str:
@@ -146,14 +160,17 @@ class ServiceStore(Store):
         files = runformat.read_files(run_dir)
         with self.http.open("PUT", f"/v1/rms/{_q(check_name(name))}", {"force": force or None}, run_files_ipc(files),
                             {"Content-Type": ARROW}) as r:
-            return json.loads(r.read())
+            return json.loads(self.http.read(r, f"the push of {name}", (
+                f"; the run may or may not be published: `embrm rm ls --store {self.uri}` shows it, and pushing "
+                "again is safe (a push is one commit: the run is there whole or not at all; add --force if it is "
+                "there)")))
 
     def runs(self) -> list[dict[str, Any]]:
         return self.http.json("GET", "/v1/rms")["data"]
 
     def pull_run(self, name: str, out: Path) -> Path:
         with self.http.open("GET", f"/v1/rms/{_q(check_name(name))}/files", headers={"Accept": ARROW}) as r:
-            body = r.read()
+            body = self.http.read(r, f"the pull of {name}", "; nothing was written: pull again")
         try:
             files = run_files_of(body)
         except ValueError as e:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embrm.rm.metrics import AGGREGATIONS
+from embrm.rm.metrics import AGGREGATIONS, COEF_RANGE
 from embrm.serve.protocol.embeddings import Usage
 from embrm.serve.protocol.items import EmbedItem
 
@@ -31,8 +31,10 @@ class RewardsRequest(BaseModel):
     items: list[EmbedItem]
     rm: str | None = Field(None, max_length=64, description="a served reward model (default: the first)")
     aggregation: Aggregation = "mean"
-    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, description="lambda of mean-var")
-    beta: float | None = Field(None, allow_inf_nan=False, description="beta of mean-std")
+    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
+                              description="lambda of mean-var")
+    beta: float | None = Field(None, allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
+                               description="beta of mean-std")
     members: bool = Field(False, description="also return every member's reward")
 
 

@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from embrm.errors import EmbrmError
+from embrm.rm.metrics import COEF_NAME, COEF_RANGE
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
 from embrm.serve.protocol.errors import COMMON, errors, ok
@@ -81,6 +82,15 @@ async def score_items(svc: Service, rm: str | None, prompts: list[str], response
     return Scored(run, scores, vecs, cached, keys)
 
 
+def _combined(s: Scored, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:
+    """The aggregated rewards, each finite, or a 400 naming the item (and the coefficient)."""
+    try:
+        return combine(s.scores, how, coef)
+    except EmbrmError as e:
+        param = COEF_NAME.get(how) if COEF_NAME.get(how, "?") in str(e) else None
+        raise ApiError(400, f"reward model {s.run.name!r}: {e}", param, "non_finite_reward") from None
+
+
 def _usage(s: Scored) -> dict[str, int]:
     return {"prompt_tokens": s.tokens, "total_tokens": s.tokens}
 
@@ -97,7 +107,7 @@ async def list_rms(svc: Svc) -> dict[str, Any]:
 async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
     check_items(req.items, svc.settings.max_items)
     s = await score_items(svc, req.rm, [it.prompt for it in req.items], [it.response for it in req.items])
-    reward, std = combine(s.scores, req.aggregation, coef(req.aggregation, req.lam, req.beta))
+    reward, std = _combined(s, req.aggregation, coef(req.aggregation, req.lam, req.beta))
     if ARROW in request.headers.get("accept", ""):
         cols = {"item_key": pa.array(s.keys, pa.string()), "reward": pa.array(reward, pa.float32()),
                 "std": pa.array(std, pa.float32()), "cached": pa.array(s.cached),
@@ -118,8 +128,10 @@ async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
 @router.post("/get_reward", responses={**ok(OpenRLHFResponse), **SCORING})
 async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Query(max_length=64)] = None,
                      aggregation: Aggregation = "mean",
-                     lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False)] = None,
-                     beta: Annotated[float | None, Query(allow_inf_nan=False)] = None) -> dict[str, Any]:
+                     lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0],
+                                                        le=COEF_RANGE[1])] = None,
+                     beta: Annotated[float | None, Query(allow_inf_nan=False, ge=COEF_RANGE[0],
+                                                         le=COEF_RANGE[1])] = None) -> dict[str, Any]:
     """``?rm=NAME&aggregation=mean-var&lambda=0.5``: the reward model and aggregation are
     query parameters, since OpenRLHF sends only its own fields in the body."""
     check_count(len(req.query), svc.settings.max_items, "query")
@@ -137,7 +149,7 @@ async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Q
             raise ApiError(400, f"query[{i}] is empty: nothing to score", f"query[{i}]", "empty_input")
         responses.append(q[len(p):])
     s = await score_items(svc, rm, req.prompts, responses)
-    reward, std = combine(s.scores, aggregation, coef(aggregation, lam, beta))
+    reward, std = _combined(s, aggregation, coef(aggregation, lam, beta))
     rewards = [float(x) for x in reward]
     return {"rewards": rewards, "scores": rewards, "extra_logs": {"reward_std": [float(x) for x in std]}}
 
@@ -152,7 +164,7 @@ async def rerank(svc: Svc, req: RerankRequest) -> dict[str, Any]:
     items = [EmbedItem(prompt=req.query, response=d) for d in docs]
     check_items(items, svc.settings.max_items, "documents")
     s = await score_items(svc, req.model, [req.query] * len(docs), docs)
-    reward, _ = combine(s.scores, "mean", 1.0)
+    reward, _ = _combined(s, "mean", 1.0)
     order = np.argsort(-reward, kind="stable")[: req.top_n or len(docs)]
     results = [{"index": int(i), "relevance_score": float(reward[i]),
                 **({"document": {"text": docs[i]}} if req.return_documents else {})} for i in order]
@@ -172,7 +184,7 @@ async def score(svc: Svc, req: ScoreRequest) -> dict[str, Any]:
     items = [EmbedItem(prompt=a, response=b) for a, b in zip(t1, t2)]
     check_items(items, svc.settings.max_items, "text_2")
     s = await score_items(svc, req.model, t1, t2)
-    reward, _ = combine(s.scores, "mean", 1.0)
+    reward, _ = _combined(s, "mean", 1.0)
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": s.run.name,
             "data": [{"index": i, "object": "score", "score": float(r)} for i, r in enumerate(reward)],
             "usage": _usage(s)}
