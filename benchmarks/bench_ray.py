@@ -11,7 +11,7 @@
 * Driver work per row: scanning and keying a dataset, writing its rows table and finding
   the missing keys (the plan), for 100,000 rows.
 
-These figures feed the README's scaling model. Prints a table and writes JSON.
+These figures feed the scaling model in docs/benchmarks.md. Prints a table and writes JSON.
 """
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ class Server:
         self.store = store
         args = [sys.executable, "-m", "embrm.cli", "serve", "--model", str(model), "--dtype", "float32",
                 "--device", "cpu", "--store", str(store), "--port", "0", "--commit-seconds", "0.2", *extra]
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
-        fd, self.log_path = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=Path(store).parent)
+        logs = Path(store).parent if "://" not in str(store) else Path(tempfile.gettempdir())  # s3://...: no dir
+        logs.mkdir(parents=True, exist_ok=True)
+        fd, self.log_path = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=logs)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=fd, text=True,  # a file: a pipe nobody
                                      env={**os.environ, **(env or {})}, start_new_session=True)  # reads would fill
         os.close(fd)

@@ -360,7 +360,7 @@ def test_sigkill_during_a_dataset_job_then_the_same_request_has_every_item_once(
     recs = [{"prompt": f"Question {i % 50}?", "response": f" answer number {i} " * (1 + i % 3)} for i in range(1500)]
     data = tmp_path / "big.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    s = Server(tiny_model, tmp_path / "store", "--window", "32")
+    s = Server(tiny_model, tmp_path / "store", "--window", "32", "--lease-seconds", "2")  # docs/replicas.md
     mh = _model_hash(s)
     from embrm.extractor.datasets import DatasetSpec
     from embrm.extractor.plan import scan_dataset
@@ -385,7 +385,7 @@ def test_sigkill_during_a_dataset_job_then_the_same_request_has_every_item_once(
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             job = ServiceStore(s2.url).entry_status(mh, scan.dataset_hash)["job"]
-            if job and job["status"] != "running":
+            if job and job["status"] not in ("running", "orphaned"):  # orphaned: until its lease expires
                 break
             time.sleep(0.2)
         assert job["status"] == "complete" and job["cached"] >= 64

@@ -147,3 +147,27 @@ def extract_cmd(**kw: Any) -> None:
         ray = RayOptions(**ray_kw)
     res = extract(ExtractConfig(data, spec if explicit_spec else None, run), engine=engine, ray=ray)
     click.echo(res.report())
+
+
+@click.command("verify")
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Items to recompute.")
+@click.option("--model", "model_path", default=None,
+              help="Where this machine finds the entry's weights (default: the source the entry records).")
+@click.option("--server", default=None, metavar="URL", help="Recompute through an `embrm serve` of the same model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which random sample.")
+@store_option
+def verify_cmd(model: str, dataset: str, sample: int, model_path: str | None, server: str | None, device: str,
+               seed: int, store_uri: str | None) -> None:
+    """Recompute a random sample of an entry's items and compare with the stored vectors
+    (exit 1 when any is over tolerance)."""
+    from embrm.extractor.verify import verify
+    from embrm.store import open_store
+
+    report = verify(open_store(store_uri), model, dataset, sample, model_path, server, device, seed)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        raise SystemExit(1)

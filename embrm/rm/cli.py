@@ -42,7 +42,7 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.option("--tune", is_flag=True,
               help="Choose the family (or, with --method, its settings) by validation log-loss first.")
 @click.option("--standardize/--no-standardize", default=None,
-              help="Standardise features with training-split statistics [default: per method, see README].")
+              help="Standardise features with training-split statistics [default: per method; docs/reward-models.md].")
 @click.option("--l2", type=click.FloatRange(min=0, min_open=True), default=None,
               help="logreg's L2 penalty lambda [default: chosen on the validation split].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True,

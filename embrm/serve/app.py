@@ -18,10 +18,11 @@ from embrm import __version__
 from embrm.errors import EmbrmError
 from embrm.serve.errors import ApiError, error_body
 from embrm.serve.guard import Guard
-from embrm.serve.routes import embeddings, entries, health, page, rewards, rms
+from embrm.serve.routes import copies, embeddings, entries, health, page, rewards, rms
 from embrm.serve.service import Service
 
-ROUTERS = (health.router, embeddings.router, entries.router, rewards.router, rms.router, page.router)
+ROUTERS = (health.router, embeddings.router, entries.router, copies.router, rewards.router, rms.router,
+           page.router)
 
 
 def create_app(svc: Service) -> FastAPI:

@@ -45,6 +45,17 @@ from embrm.serve.settings import DEFAULTS as D
 @click.option("--rm", "rms", type=NAMED_RUN, multiple=True, metavar="[NAME=]RUN_DIR",
               help="A trained run to serve as a reward model (repeatable); NAME defaults to the directory's name. "
                    "Runs published in the store are served too.")
+@click.option("--refresh-seconds", type=click.FloatRange(min=0.05), default=D.refresh_seconds, show_default=True,
+              help="How often this replica looks for reward models and orphaned dataset jobs other replicas left.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.5), default=D.lease_seconds, show_default=True,
+              help="A dataset job's lease: another replica takes the job over this long after its replica died.")
+@click.option("--replica-id", default=D.replica_id, help="This replica's name in job records (default: host-pid).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Deploy the service on Ray Serve (this Ray cluster's replicas, one store; docs/replicas.md).")
+@click.option("--address", default=None, help="With --ray: the Ray cluster to join (default: start a local one).")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray: replicas.")
+@click.option("--gpus-per-replica", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each replica asks Ray for.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               default=D.log_level, show_default=True)
 def serve_cmd(**kw: Any) -> None:
@@ -68,7 +79,20 @@ def serve_cmd(**kw: Any) -> None:
     rms = dict(named)
     if len(rms) != len(named):
         raise EmbrmError("two --rm runs have the same name; write NAME=RUN_DIR to tell them apart")
+    use_ray, address, replicas, gpus = kw.pop("use_ray"), kw.pop("address"), kw.pop("replicas"), \
+        kw.pop("gpus_per_replica")
     settings = D.with_(**kw)
+    if use_ray:
+        from embrm.serve.ray_serve import deploy, wait_and_shutdown
+
+        url = deploy(spec, store_uri, device, batch_tokens, tokens, settings, rms, replicas, gpus, address=address)
+        click.echo(f"embrm serve: {url}  ray serve, {replicas} replica(s), {gpus:g} GPU(s) each  store {store_uri}  "
+                   f"auth {'on' if tokens else 'off'}")
+        sys.stdout.flush()
+        wait_and_shutdown()
+        return
+    elif address is not None or replicas != 1 or gpus:
+        raise EmbrmError("--address, --replicas and --gpus-per-replica go with --ray")
     app, svc = build(spec, store_uri, device, batch_tokens, tokens, settings, rms)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -84,10 +108,6 @@ def serve_cmd(**kw: Any) -> None:
     click.echo(f"embrm serve: http://{host}:{port}  model {svc.model_name} [{svc.model_hash[:12]}]  "
                f"store {svc.store.uri}  auth {'on' if tokens else 'off'}")
     sys.stdout.flush()
-    import uvicorn
+    from embrm.serve.runtime import run_server
 
-    from embrm.serve.guard import protocol
-
-    config = uvicorn.Config(app, log_level=settings.log_level, lifespan="on", access_log=False,
-                            http=protocol(settings.header_timeout))
-    uvicorn.Server(config).run(sockets=[sock])
+    run_server(app, settings, sock)

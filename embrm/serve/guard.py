@@ -43,7 +43,7 @@ log = logging.getLogger("embrm.serve")
 PUBLIC = {"/health", "/"}
 PUBLIC_PREFIX = "/page/"
 #: Routes whose bodies may be as large as ``max_upload_bytes`` and are streamed by the route.
-STREAMED = ("/v1/datasets", "/v1/rms/")
+STREAMED = ("/v1/datasets", "/v1/rms/", "/v1/vectors/")
 DRAIN_BYTES = 8 << 20  # a body this much over the limit is read (and dropped) so the client sees the 413
 DRAIN_SECONDS = 5.0
 
@@ -58,7 +58,7 @@ def public(path: str) -> bool:
 
 
 def streamed(path: str) -> bool:
-    return path == STREAMED[0] or path.startswith(STREAMED[1])
+    return path == STREAMED[0] or path.startswith(STREAMED[1:])
 
 
 class Guard:

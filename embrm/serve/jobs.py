@@ -61,6 +61,7 @@ class Job:
     error: str | None = None
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     seconds: float = 0.0
+    lost: bool = False  # another replica took the job over (embrm.serve.leases): stop after this window
 
     def update(self, n: int) -> None:  # the loop's progress bar
         self.done_rows += n
@@ -78,6 +79,7 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
+        del d["lost"]
         d["tokens_per_second"] = self.tokens / self.compute_seconds if self.compute_seconds else None
         return d
 
@@ -166,10 +168,14 @@ class Jobs:
                 job.tokens, job.compute_seconds = job.tokens + out.tokens, job.compute_seconds + time.perf_counter() - t
                 return out
 
+            from embrm.extractor.provenance import extraction_facts
+
+            facts = extraction_facts(self.embedder, "service")
             result = execute(plan, self.store, lambda p: run_local(p, self.store, embed, self.window,
                                                                    on_window=window_done, progress=job,
-                                                                   should_stop=self._stop.is_set), t0=t0)
-            job.finished(result, self._stop.is_set())
+                                                                   should_stop=self._stop.is_set, provenance=facts),
+                             t0=t0)
+            job.finished(result, self._stop.is_set() or job.lost)
         except Exception as e:
             log.exception("dataset job %s failed", job.dataset_hash[:12])
             job.status, job.error = "failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
     from embrm.serve.cache import ServiceCache
     from embrm.serve.jobs import Jobs
+    from embrm.serve.leases import JobLeases
     from embrm.serve.metrics import Metrics
     from embrm.serve.rewards import RewardModels
     from embrm.serve.settings import Settings
@@ -42,6 +43,8 @@ class Service:
     tokens: dict[str, str]
     settings: Settings
     rms: RewardModels
+    leases: JobLeases
+    ready: bool = False  # the model is loaded and the threads run: /health answers 200
 
     @property
     def model_name(self) -> str:

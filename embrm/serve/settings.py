@@ -35,6 +35,11 @@ class Settings:
     body_idle_timeout: float = 30.0
     body_timeout: float = 600.0
     log_level: str = "warning"
+    # replicas on one store (docs/replicas.md): what another replica committed is seen
+    # here within commit_seconds (its commit) plus refresh_seconds (our look)
+    refresh_seconds: float = 2.0  # how often this replica looks for published reward models and orphaned jobs
+    lease_seconds: float = 15.0  # a dataset job's lease; its owner renews it every third of this
+    replica_id: str = ""  # this replica's name in job records (default: host-pid)
 
     def with_(self, **kw: Any) -> Settings:
         """A copy with some settings changed (None values keep the default)."""

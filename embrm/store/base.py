@@ -113,6 +113,11 @@ class Store(ABC):
     def pull_run(self, name: str, out: Path) -> Path:
         """Write a published run's files into the directory ``out``."""
 
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        """How an entry's vectors were computed: ``{"provenance": [{id, vectors, facts}]}``
+        (see :mod:`embrm.store.provenance`); with ``ids``, also ``"ids"``: key -> id."""
+        self.refuse("reading provenance", "use a store on local disk, object storage or a service")
+
     # ------------------------------------------------------ writing: protocol
     def extraction_engines(self) -> tuple[str, ...]:
         """The engines that may extract into this store: ``local`` and ``ray`` compute here
@@ -158,9 +163,10 @@ class Store(ABC):
         """Dim, dtype and layers of a model's vectors, or None if it has none here yet."""
         self.refuse("asking for a model's vector table", NOT_HERE)
 
-    def commit_vectors(self, model_hash: str, table: pa.Table) -> None:
+    def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
         """One window of vectors, built by :func:`~embrm.store.vectors.build_vector_table`,
-        as one commit. Idempotent: a key already stored is never stored twice."""
+        as one commit. Idempotent: a key already stored is never stored twice. Returns
+        the rows added."""
         self.refuse("writing vectors", NOT_HERE)
 
     def finish_entry(self, model_hash: str, dataset_hash: str) -> Entry:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from embrm.group import EmbrmGroup
 from embrm.store.option import store_option
 
 
@@ -14,7 +15,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [header, *rows])
 
 
-@click.group("store")
+@click.group("store", cls=EmbrmGroup, lazy={"verify": "embrm.extractor.cli:verify_cmd"})
 def store() -> None:
     """List, inspect, export and clean the embedding store."""
 
@@ -46,30 +47,81 @@ def store_ls(store_uri: str | None, as_json: bool) -> None:
 @click.argument("dataset")
 @store_option
 def store_show(model: str, dataset: str, store_uri: str | None) -> None:
-    """Show one entry: keys, configuration, counts."""
+    """Show one entry (JSON): keys, configuration, counts, and how its vectors were computed."""
     from embrm.store import open_store
+    from embrm.store.provenance import describe, mixed
 
-    e = open_store(store_uri).resolve(model, dataset)
+    st = open_store(store_uri)
+    e = st.resolve(model, dataset)
     d = e.summary()
     d["model_config"] = e.model_config
+    prov = st.entry_provenance(e.model_hash, e.dataset_hash)
+    d["provenance"] = [describe(r) for r in prov["provenance"]]
+    d["provenance_records"] = prov["provenance"]
+    d["mixed_provenance"] = mixed(prov)
+    if mixed(prov):
+        d["warning"] = (f"MIXED PROVENANCE: this entry's vectors come from {len(prov['provenance'])} different ways "
+                        "of computing them (see provenance); `embrm store verify` checks a sample on this machine")
     click.echo(json.dumps(d, indent=2))
 
 
 @store.command("export")
 @click.argument("model")
 @click.argument("dataset")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="A .npy or .parquet file.")
+@click.option("--out", required=True, type=click.Path(), help="A .npy or .parquet file, or a bundle's directory.")
+@click.option("--format", "fmt", type=click.Choice(["file", "bundle"]), default="file",
+              help="file: one .npy/.parquet; bundle: a directory to publish and `store import` (every layer, "
+                   "manifest, checksums, provenance).")
 @click.option("--layer", type=int, default=None, help="Layer to export (default: the first stored).")
 @click.option("--no-text", is_flag=True, help="Parquet without the prompt and response texts.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
 @store_option
-def store_export(model: str, dataset: str, out: str, layer: int | None, no_text: bool, force: bool,
+def store_export(model: str, dataset: str, out: str, fmt: str, layer: int | None, no_text: bool, force: bool,
                  store_uri: str | None) -> None:
-    """Export an entry's vectors (.npy) or rows, texts and vectors (.parquet)."""
+    """Export an entry's vectors (.npy), rows, texts and vectors (.parquet), or a bundle."""
     from embrm.store import export, open_store
 
+    if fmt == "bundle":
+        from embrm.store.bundle import export_bundle
+
+        click.echo(f"wrote {export_bundle(open_store(store_uri), model, dataset, out, force)}/")
+        return
     path = export(open_store(store_uri), model, dataset, out, layer=layer, texts=not no_text, force=force)
     click.echo(f"wrote {path}")
+
+
+@store.command("copy")
+@click.option("--from", "src", required=True, help="The store to copy from: a path, s3://... or http(s)://...")
+@click.option("--to", "dst", required=True, help="The store to copy into (created if it is a new path or prefix).")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Copy every entry of --from.")
+@click.option("--rms", is_flag=True, help="Also copy the published reward models --to lacks.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def store_copy(src: str, dst: str, keys: tuple[str, ...], everything: bool, rms: bool, quiet: bool) -> None:
+    """Copy entries (MODEL DATASET pairs) between stores: only what the target lacks, verified."""
+    from embrm.errors import EmbrmError
+    from embrm.store import open_store
+    from embrm.store.copy import copy_store
+
+    if len(keys) % 2:
+        raise EmbrmError("entries are named as MODEL DATASET pairs; one key is left over")
+    pairs = [(keys[i], keys[i + 1]) for i in range(0, len(keys), 2)]
+    res = copy_store(open_store(src), open_store(dst, create=True), pairs, everything, rms, progress=not quiet)
+    for r in res["entries"]:
+        click.echo(r.line())
+    if rms:
+        click.echo(f"reward models copied: {', '.join(res['rms']) or 'none (the target has them all)'}")
+
+
+@store.command("import")
+@click.argument("bundle")
+@store_option
+def store_import(bundle: str, store_uri: str | None) -> None:
+    """Import a bundle directory (made by `store export --format bundle`), checked first."""
+    from embrm.store import open_store
+    from embrm.store.bundle_check import import_bundle
+
+    click.echo(import_bundle(open_store(store_uri, create=True), bundle).line())
 
 
 @store.command("rm")

@@ -82,6 +82,29 @@ class ModelFingerprint:
         return f"{base}/{self.dtype}/{self.pooling}/L{layers}/{self.input_format}/{self.max_length}"
 
 
+FINGERPRINT_PARTS = ("source", "weights", "dtype", "pooling", "layers", "max_length", "truncation_side",
+                     "input_format", "template", "name_hint")
+
+
+def fingerprint_of_config(cfg: dict[str, Any], claimed_hash: str) -> ModelFingerprint:
+    """The fingerprint an entry's recorded ``model_config`` describes, checked against the
+    hash claimed for it (a bundle's manifest, a copy into a service); one line if the
+    parts are missing, of the wrong types, or hash to something else."""
+    from embrm.errors import EmbrmError
+
+    lacking = [k for k in FINGERPRINT_PARTS[:-2] if k not in cfg]
+    if lacking:
+        raise EmbrmError(f"the model configuration lacks the fingerprint part(s) {lacking}")
+    try:
+        fp = ModelFingerprint(**{k: cfg.get(k, "") for k in FINGERPRINT_PARTS} | {"layers": tuple(cfg["layers"])})
+        h = fp.hash
+    except (TypeError, ValueError):
+        raise EmbrmError("the model configuration's fingerprint parts have the wrong types") from None
+    if h != claimed_hash:
+        raise EmbrmError(f"the model fingerprint's parts hash to {h[:12]}, not the {claimed_hash[:12]} claimed")
+    return fp
+
+
 @dataclass
 class DatasetHasher:
     """Streams normalised rows into a content hash, in order, without keeping them."""

@@ -38,10 +38,12 @@ from embrm.store import schema as S
 from embrm.store.base import WRITES_HERE, Store
 from embrm.store.cache import LoadCache
 from embrm.store.catalog import HASH_CHARS, Catalog, Entry
+from embrm.store.jobs import JobRecord, JobTable
 from embrm.store.loader import EntryReader
 from embrm.store.location import LOCAL, OBJECT, Location
 from embrm.store.maintenance import compact, gc
 from embrm.store.object_store import ObjectTables, storage_options
+from embrm.store.provenance import entry_provenance
 from embrm.store.registry import RunRegistry
 from embrm.store.rows import DatasetRows
 from embrm.store.served import record_served
@@ -73,8 +75,10 @@ class LanceStore(Store):
         self.rows = DatasetRows(tables, uri)
         self.vectors = VectorTables(tables, uri)
         self.writer = VectorWriter(tables, self.vectors)
+        self.provenance = self.writer.provenance
         self.reader = EntryReader(self.rows, self.vectors, self.cache, cache_by_default)
         self.registry = RunRegistry(tables, uri)
+        self._jobs = JobTable(tables)
 
     def extraction_engines(self) -> tuple[str, ...]:
         return WRITES_HERE
@@ -152,8 +156,8 @@ class LanceStore(Store):
     def vector_info(self, model_hash: str) -> VectorInfo | None:
         return self.vectors.info(model_hash)
 
-    def commit_vectors(self, model_hash: str, table: pa.Table) -> None:
-        self.writer.commit(model_hash, table)
+    def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
+        return self.writer.commit(model_hash, table)
 
     def runs_version(self) -> int | None:
         return self.registry.version()
@@ -216,6 +220,9 @@ class LanceStore(Store):
             compact(self.tables, S.vector_table(model_hash))
         return e
 
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        return entry_provenance(self, self.resolve(model, dataset), ids)
+
     def table_versions(self, e: Entry) -> tuple[int, int]:
         """(vector table version, rows table version): what a cached load or an ETag keys on."""
         return self.reader.versions(e)
@@ -244,7 +251,25 @@ class LanceStore(Store):
     def gc(self) -> dict[str, int]:
         """See :func:`embrm.store.maintenance.gc`."""
         return gc(self.tables, self.catalog, self.rows, self.vectors, self.reader, self.cache,
-                  keep=self.registry.tables_used())
+                  keep=self.registry.tables_used() | self._jobs.tables_used())
+
+    # ----------------------------------------------------------- service jobs
+    def job(self, job_id: str) -> JobRecord | None:
+        """A service's dataset job as the store records it (its latest epoch), or None."""
+        return self._jobs.current(job_id)
+
+    def jobs(self) -> list[JobRecord]:
+        """Every recorded dataset job's latest epoch, newest first (see :mod:`.jobs`)."""
+        return self._jobs.all()
+
+    def claim_job(self, rec: JobRecord) -> bool:
+        """Take a turn at running a job: True for exactly one of the replicas that claim
+        the same epoch at once."""
+        return self._jobs.claim(rec)
+
+    def update_job(self, rec: JobRecord) -> bool:
+        """A heartbeat of the job's owner (progress, state, lease); False if it lost the job."""
+        return self._jobs.update(rec)
 
     # -------------------------------------------------------- reward models
     def push_run(self, name: str, run_dir: Path, force: bool = False) -> dict[str, Any]:

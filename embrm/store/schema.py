@@ -16,7 +16,10 @@ import hashlib
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+#: 2: vector tables made by this embrm carry a ``provenance`` column and the store a
+#: ``provenance`` table (:mod:`embrm.store.provenance`). Format 1 stores still open and
+#: read; their vector tables keep their schema and their rows have no provenance.
+FORMAT_VERSION = 2
 META_TABLE = "embrm_meta"
 CATALOG_TABLE = "catalog"
 NAME_CHARS = 24
@@ -125,7 +128,9 @@ SERVED_ROW_SCHEMA = pa.schema([pa.field("position", pa.int64(), nullable=False),
                                *[f for f in ROW_SCHEMA if f.name not in ("position", "item_key")]])
 
 
-def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
+def vector_schema(dim: int, dtype: str, layers: tuple[int, ...], provenance: bool = True) -> pa.Schema:
+    """The columns of a vector table: the item key, its token facts, one fixed-size list
+    per layer and (unless an older embrm made the table) the row's provenance id."""
     value_type = pa.float16() if dtype == "float16" else pa.float32()
     fields = [
         key_field("item_key", pa.string()),
@@ -133,4 +138,6 @@ def vector_schema(dim: int, dtype: str, layers: tuple[int, ...]) -> pa.Schema:
         pa.field("truncated", pa.bool_()),
     ]
     fields += [pa.field(layer_column(layer), pa.list_(value_type, dim)) for layer in layers]
+    if provenance:
+        fields.append(pa.field("provenance", pa.string()))
     return pa.schema(fields)

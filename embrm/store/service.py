@@ -33,7 +33,7 @@ from embrm.store.loader import embeddings_of
 from embrm.store.location import SERVICE
 from embrm.store.registry import check_name, write_run
 from embrm.store.vectors import VectorInfo
-from embrm.store.wire import ARROW, ENTRY_KEY, entry_batch, run_files_ipc, run_files_of, upload_batches
+from embrm.store.wire import ARROW, ENTRY_KEY, entry_batch, run_files_ipc, run_files_of, to_ipc, upload_batches
 
 if TYPE_CHECKING:
     from embrm.store.loader import Embeddings, EntryBatch
@@ -183,17 +183,6 @@ class ServiceStore(Store):
         """A service extracts with its own model: only its dataset jobs write vectors."""
         return ("service",)
 
-    def write_rows(self, dataset_hash: str, batches: Iterable[pa.RecordBatch], n_rows: int, kind: str) -> None:
-        """PUT the rows (``PUT /v1/datasets``): the server checks them, recomputes the
-        hash and refuses a mismatch before it stores anything (a dataset it holds already
-        is a no-op there)."""
-        self._put_rows(_upload_batches(batches), dataset_hash, "uploaded", kind)
-
-    def vector_info(self, model_hash: str) -> VectorInfo | None:
-        """Dim, dtype and layers of a model's vectors, as its entries on the service record them."""
-        e = next((e for e in self.entries() if e.model_hash == model_hash and e.dim), None)
-        return None if e is None else VectorInfo(e.dim, e.dtype, tuple(e.layers))
-
     def upload(self, rows: Iterable[dict[str, Any]], dataset_hash: str, name: str, kind: str) -> dict[str, Any]:
         """:meth:`write_rows` from normalised dict rows, under a dataset name; returns the
         server's answer (hash, rows, name, kind)."""
@@ -216,6 +205,60 @@ class ServiceStore(Store):
         """Start (or find) the dataset job of an uploaded dataset under the served model."""
         return self.http.json("POST", "/v1/entries", {"dataset": dataset_hash, "name": name, "kind": kind,
                                                       "source": source})
+
+    # ---------------------------------------- the write protocol (copies in)
+    def has_rows(self, dataset_hash: str) -> bool:
+        try:
+            self.http.json("GET", f"/v1/datasets/{_q(dataset_hash)}")
+        except EmbrmError as e:
+            if "has no rows here" in str(e):
+                return False
+            raise
+        return True
+
+    def write_rows(self, dataset_hash: str, batches: Iterable[pa.RecordBatch], n_rows: int, kind: str) -> None:
+        """PUT the rows (``PUT /v1/datasets``) unless the service holds them already: the
+        server checks them, recomputes the hash and refuses a mismatch before it stores
+        anything."""
+        if self.has_rows(dataset_hash):
+            return
+        got = self._put_rows(_upload_batches(batches), dataset_hash, "uploaded", kind)
+        if got.get("rows") != n_rows:
+            raise EmbrmError(f"{self.uri} stored {got.get('rows')} rows of dataset {dataset_hash[:12]}, not {n_rows}")
+
+    def begin_entry(self, model_hash: str, model_name: str, model_config: dict[str, Any], dataset_hash: str,
+                    dataset_name: str, dataset_source: dict[str, Any], kind: str, n_rows: int) -> None:
+        self.http.json("POST", "/v1/entries/register", {
+            "model_hash": model_hash, "model_name": model_name, "model_config": model_config,
+            "dataset_hash": dataset_hash, "dataset_name": dataset_name, "dataset_source": dataset_source,
+            "kind": kind, "n_rows": n_rows})
+
+    def vector_info(self, model_hash: str) -> VectorInfo | None:
+        """What the model's vector table on the service holds (``GET /v1/vectors/{hash}/info``)."""
+        d = self.http.json("GET", f"/v1/vectors/{_q(model_hash)}/info")["info"]
+        return None if d is None else VectorInfo(d["dim"], d["dtype"], tuple(d["layers"]), d["provenance"])
+
+    def missing_keys(self, model_hash: str, keys: pa.Array) -> pa.Array:
+        body = to_ipc(pa.table({"item_key": keys.cast(pa.string())}))
+        with self.http.open("POST", f"/v1/vectors/{_q(model_hash)}/missing", body=body,
+                            headers={"Content-Type": ARROW, "Accept": ARROW}) as r:
+            return pa.ipc.open_stream(r).read_all().column("item_key").combine_chunks()
+
+    def commit_vectors(self, model_hash: str, table: pa.Table) -> int:
+        """One window of vectors (a table of ``build_vector_table``, provenance records in
+        its metadata), checked and committed by the service; returns the rows added."""
+        with self.http.open("PUT", f"/v1/vectors/{_q(model_hash)}", body=to_ipc(table),
+                            headers={"Content-Type": ARROW}) as r:
+            return int(json.loads(r.read())["added"])
+
+    def finish_entry(self, model_hash: str, dataset_hash: str) -> Entry:
+        d = self.http.json("POST", f"/v1/entries/{_q(model_hash)}/{_q(dataset_hash)}/finish", {})
+        return Entry.from_summary(d["entry"])
+
+    def entry_provenance(self, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+        """How the entry's vectors were computed (``GET .../provenance``; see
+        :func:`embrm.store.provenance.entry_provenance`)."""
+        return self.http.json("GET", f"/v1/entries/{_q(model)}/{_q(dataset)}/provenance", params={"ids": ids or None})
 
     def entry_status(self, model_hash: str, dataset_hash: str) -> dict[str, Any]:
         return self.http.json("GET", f"/v1/entries/{model_hash}/{dataset_hash}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ import pyarrow.compute as pc
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
 from embrm.store.keys import short
+from embrm.store.provenance import COLUMN as PROV_COLUMN
+from embrm.store.provenance import ProvenanceTable, records_of
 from embrm.store.tables import Tables, merge, retry
 from embrm.store.vector_tables import VectorTables
 from embrm.store.vectors import VectorInfo, build_vector_table
@@ -34,12 +37,13 @@ class VectorWriter:
 
     def __init__(self, tables: Tables, vectors: VectorTables):
         self.tables, self.vectors = tables, vectors
+        self.provenance = ProvenanceTable(tables)
 
     def _table_for(self, model_hash: str, info: VectorInfo) -> VectorInfo:
         """The model's table (created if new); refuse vectors that do not fit it."""
         have = self.vectors.info(model_hash)
         if have is None:
-            self.tables.create(S.vector_table(model_hash), info.schema())
+            self.tables.create(S.vector_table(model_hash), replace(info, provenance=True).schema())
             have = self.vectors.info(model_hash)
         assert have is not None
         if (have.dim, have.dtype, set(have.layers)) != (info.dim, info.dtype, set(info.layers)):
@@ -50,10 +54,8 @@ class VectorWriter:
     def commit(self, model_hash: str, data: pa.Table) -> int:
         """Insert a table built by :func:`build_vector_table` as one commit, under the
         table's lock. Items already stored are skipped; returns the rows inserted."""
-        info = VectorInfo.of_schema(data.schema)
-        have = self._table_for(model_hash, info)
-        if have.layers != info.layers:
-            data = data.select(have.schema().names)
+        have = self._table_for(model_hash, VectorInfo.of_schema(data.schema))
+        data = self.fit(data, have)
         name = S.vector_table(model_hash)
         with self.tables.lock(name):
             ds = self.tables.get(name)  # the latest version, under the lock
@@ -70,6 +72,17 @@ class VectorWriter:
             new = data.filter(pa.array(keep)).cast(ds.schema)
             self.tables.append(name, new)
             return len(new)
+
+    def fit(self, data: pa.Table, have: VectorInfo) -> pa.Table:
+        """``data`` in the columns of a table of ``have``, its provenance records stored
+        first (so every committed id has its facts). A batch without provenance gets null
+        ids; a table of an older embrm, without the column, gets the batch without it."""
+        records = records_of(data.schema)
+        if records:
+            self.provenance.record(records)
+        if have.provenance and PROV_COLUMN not in data.schema.names:
+            data = data.append_column(pa.field(PROV_COLUMN, pa.string()), pa.nulls(len(data), pa.string()))
+        return data.select(have.schema().names)
 
     def write(self, model_hash: str, item_keys: list[str], vectors: Mapping[int, np.ndarray],
               n_tokens: np.ndarray, truncated: np.ndarray, dtype: str = "float32") -> int:
@@ -91,6 +104,7 @@ class VectorWriter:
 
         name = S.vector_table(model_hash)
         ds = self.tables.get(name)
+        data = self.fit(data, VectorInfo.of_schema(ds.schema))
         frags = write_fragments(data.cast(ds.schema), self.tables.path(name), schema=ds.schema,
                                 storage_options=self.tables.lance_options)
         return [json.dumps(f.to_json()) for f in frags]

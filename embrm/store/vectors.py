@@ -15,6 +15,8 @@ import pyarrow as pa
 
 from embrm.errors import EmbrmError
 from embrm.store import schema as S
+from embrm.store.provenance import COLUMN as PROV_COLUMN
+from embrm.store.provenance import prov_id, with_records
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class VectorInfo:
     dim: int
     dtype: str
     layers: tuple[int, ...]
+    #: whether rows carry a provenance id (tables of an older embrm do not)
+    provenance: bool = True
 
     @classmethod
     def of_schema(cls, sch: pa.Schema) -> VectorInfo:
@@ -32,10 +36,10 @@ class VectorInfo:
             raise EmbrmError("a vector table needs at least one layer column")
         f = sch.field(S.layer_column(layers[0]))
         dtype = "float16" if f.type.value_type == pa.float16() else "float32"
-        return cls(f.type.list_size, dtype, layers)
+        return cls(f.type.list_size, dtype, layers, PROV_COLUMN in sch.names)
 
     def schema(self) -> pa.Schema:
-        return S.vector_schema(self.dim, self.dtype, self.layers)
+        return S.vector_schema(self.dim, self.dtype, self.layers, self.provenance)
 
 
 def build_vector_table(
@@ -45,12 +49,15 @@ def build_vector_table(
     truncated: np.ndarray,
     dtype: str = "float32",
     expect: VectorInfo | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """Validate vectors and arrange them as a table of the vector schema.
 
     ``vectors`` maps layer -> (n, dim) array. ``expect`` is what the target table
     already holds: a batch that disagrees with it (dim, dtype or layers) is refused here,
     before anything is written. Columns follow ``expect``'s layer order when given.
+    ``provenance`` is how these vectors were computed (:mod:`embrm.store.provenance`):
+    every row gets its id, and the table carries the facts to the writer.
     """
     if dtype not in S.VECTOR_DTYPES:
         raise EmbrmError(f"vector dtype {dtype!r} is not supported; use one of {S.VECTOR_DTYPES}")
@@ -90,7 +97,10 @@ def build_vector_table(
     for layer in layers:
         flat = np.ascontiguousarray(vectors[layer], dtype=np_dtype).reshape(-1)
         cols.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), dim))
-    return pa.Table.from_arrays(cols, schema=S.vector_schema(dim, dtype, layers))
+    pid = None if provenance is None else prov_id(dict(provenance))
+    cols.append(pa.nulls(n, pa.string()) if pid is None else pa.array([pid] * n, pa.string()))
+    table = pa.Table.from_arrays(cols, schema=S.vector_schema(dim, dtype, layers))
+    return table if pid is None else with_records(table, {pid: dict(provenance or {})})
 
 
 #: What every reader of a vector table's keys takes with them: the per-item facts.

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embrm.extractor.engines.planned import run_planned
+from embrm.extractor.provenance import extraction_facts
 from embrm.extractor.report import LoopCounts, progress_bar
 from embrm.extractor.sharing import CoreShare, WindowClaims
 from embrm.store.vectors import build_vector_table
@@ -72,7 +73,7 @@ class LocalEngine:
         claims = WindowClaims(store.uri, plan.model_hash, plan.data.dataset_hash)
         try:
             return run_local(plan, store, embedder.embed, cfg.run.window, on_window, bar, claims=claims,
-                             before_window=share_cores)
+                             before_window=share_cores, provenance=extraction_facts(embedder, "local"))
         finally:
             if bar is not None:
                 bar.close()
@@ -81,7 +82,8 @@ class LocalEngine:
 def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 1024,
               on_window: Callable[[int], None] | None = None, progress: Any = None,
               should_stop: Callable[[], bool] | None = None, claims: WindowClaims | None = None,
-              before_window: Callable[[], None] | None = None) -> LoopCounts:
+              before_window: Callable[[], None] | None = None, provenance: dict[str, str] | None = None
+              ) -> LoopCounts:
     """Compute every missing item of a registered plan; returns the counts.
 
     Before a window is computed its keys are checked against the store again, so items
@@ -90,9 +92,11 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
     the end (see :mod:`embrm.extractor.sharing`). ``on_window`` is called after each
     commit with the rows written; ``progress`` is a tqdm-like bar (``update``,
     ``set_postfix``); ``should_stop`` ends the loop early between windows (the
-    service's shutdown); ``before_window`` runs before each window is computed.
+    service's shutdown); ``before_window`` runs before each window is computed;
+    ``provenance`` is how the vectors are computed (:mod:`embrm.extractor.provenance`),
+    recorded with every commit.
     """
-    loop = _WindowLoop(plan, store, embed, on_window, progress, before_window)
+    loop = _WindowLoop(plan, store, embed, on_window, progress, before_window, provenance)
     dh, cols = plan.data.dataset_hash, ["item_key", "prompt", "response"]
     deferred: list[tuple[int, int]] = []  # (first row, rows) of windows another process held
     start = 0
@@ -124,8 +128,8 @@ class _WindowLoop:
     and one commit."""
 
     def __init__(self, plan: ExtractionPlan, store: Store, embed: EmbedFn, on_window: Callable[[int], None] | None,
-                 progress: Any, before_window: Callable[[], None] | None):
-        self.store, self.embed, self.model_hash = store, embed, plan.model_hash
+                 progress: Any, before_window: Callable[[], None] | None, provenance: Any = None):
+        self.store, self.embed, self.model_hash, self.provenance = store, embed, plan.model_hash, provenance
         self.on_window, self.progress, self.before_window = on_window, progress, before_window
         self.counts = LoopCounts()
         self.missing = plan.missing
@@ -168,7 +172,8 @@ class _WindowLoop:
             counts.compute_seconds += time.perf_counter() - t
             if self.expect is None:
                 self.expect = self.store.vector_info(self.model_hash)
-            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=self.expect)
+            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=self.expect,
+                                      provenance=self.provenance)
             self.store.commit_vectors(self.model_hash, data)
             self.done[list(todo)] = True
             counts.computed += len(todo)

@@ -152,6 +152,9 @@ class EmbedActor:
         self.model_hash, self.dataset_hash, self.rows_version = model_hash, dataset_hash, rows_version
         self.info = VectorInfo(self.embedder.dim, "float32", tuple(spec["layers"]))
         self.store.prepare_vectors(model_hash, self.info)
+        from embrm.extractor.provenance import extraction_facts
+
+        self.provenance = extraction_facts(self.embedder, "ray")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from embrm.store.vectors import build_vector_table
@@ -162,7 +165,7 @@ class EmbedActor:
                                         self.rows_version)
             emb = self.embedder.embed(rows.column("prompt").to_pylist(), rows.column("response").to_pylist())
             data = build_vector_table(rows.column("item_key").combine_chunks(), emb.vectors, emb.n_tokens,
-                                      emb.truncated, expect=self.info)
+                                      emb.truncated, expect=self.info, provenance=self.provenance)
             out["fragments"].append(self.store.write_fragments(self.model_hash, data))
             out["rows"].append(len(data))
             out["keys"].append(rows.column("item_key").to_pylist())

@@ -81,7 +81,7 @@ def encode(v: np.ndarray, fmt: str) -> Any:
 def embed_table(keys: list[str], vecs: list[ItemVectors | None], cached: list[bool], layers: list[int],
                 dim: int) -> pa.Table:
     """``POST /v1/embed`` in Arrow: the store's vector schema, plus ``found`` and ``cached``."""
-    sch = S.vector_schema(dim, "float32", tuple(layers))
+    sch = S.vector_schema(dim, "float32", tuple(layers), provenance=False)
     n = len(keys)
     cols: list[pa.Array] = [pa.array(keys, pa.string()),
                             pa.array([v.n_tokens if v else 0 for v in vecs], pa.int32()),

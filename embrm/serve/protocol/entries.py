@@ -1,11 +1,17 @@
 """Datasets and entries: uploads, dataset jobs, the catalog, removal and ``gc``."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embrm.errors import EmbrmError
+from embrm.serve.errors import ApiError
 from embrm.store.catalog import NAME_MAX
+
+if TYPE_CHECKING:
+    from embrm.serve.service import Service
+    from embrm.store.catalog import Entry
 
 Kind = Literal["pairwise", "multi", "pointwise"]
 
@@ -91,3 +97,11 @@ class Removed(BaseModel):
 def listing(data: list[dict[str, Any]], total: int, offset: int, limit: int | None) -> dict[str, Any]:
     """A page of the catalog."""
     return {"object": "list", "data": data, "total": total, "offset": offset, "limit": limit}
+
+
+def resolve(svc: Service, model: str, dataset: str) -> Entry:
+    """The entry a request names, or a 404 (blocking: run it in a thread)."""
+    try:
+        return svc.store.resolve(model, dataset)
+    except EmbrmError as e:
+        raise ApiError(404, str(e), None, "entry_not_found") from None

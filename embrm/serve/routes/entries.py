@@ -5,6 +5,7 @@
 * ``GET /v1/entries``, ``GET /v1/entries/{model}/{dataset}``: the catalog (paged) and a job's state;
 * ``GET /v1/jobs``: the dataset jobs of this process and their progress;
 * ``GET /v1/entries/{model}/{dataset}/vectors``: an entry as an Arrow stream (ETag'd);
+* ``GET /v1/entries/{model}/{dataset}/provenance``: how its vectors were computed;
 * ``DELETE /v1/entries/{model}/{dataset}`` and ``POST /v1/gc``: what ``embrm store rm``
   and ``embrm store gc --store http://...`` reach.
 
@@ -32,22 +33,15 @@ from embrm.serve.protocol.entries import (
     Removed,
     Upload,
     listing,
+    resolve,
 )
 from embrm.serve.protocol.errors import COMMON, errors, ok
 from embrm.serve.pulls import entry_stream
-from embrm.serve.service import Service
 from embrm.serve.uploads import body_to_file, store_upload
-from embrm.store.catalog import NAME_MAX, Entry, check_dataset_name
+from embrm.store.catalog import NAME_MAX, check_dataset_name
 from embrm.store.wire import ARROW, entry_json
 
 router = APIRouter(responses=COMMON)
-
-
-def resolve(svc: Service, model: str, dataset: str) -> Entry:
-    try:
-        return svc.store.resolve(model, dataset)
-    except EmbrmError as e:
-        raise ApiError(404, str(e), None, "entry_not_found") from None
 
 
 @router.put("/v1/datasets", responses={**ok(Upload), **errors(408, 413)})
@@ -93,8 +87,8 @@ async def post_entry(svc: Svc, req: EntryRequest) -> dict[str, Any]:
     e = svc.store.entry(svc.model_hash, dh)
     if e is not None and e.status == "complete":
         return {"entry": e.summary(), "job": None}
-    job = await run_in_threadpool(svc.jobs.start, dh, name, kind, source)
-    return {"entry": None, "job": job.as_dict()}
+    job = await run_in_threadpool(svc.leases.start, dh, name, kind, source)
+    return {"entry": None, "job": job}
 
 
 @router.get("/v1/entries", responses=ok(EntryList))
@@ -114,15 +108,16 @@ async def list_entries(svc: Svc, offset: Annotated[int, Query(ge=0)] = 0,
 
 @router.get("/v1/jobs", responses=ok(JobList))
 async def list_jobs(svc: Svc) -> dict[str, Any]:
-    """This process's dataset jobs, running ones first: rows done of all, tokens/s."""
-    return {"object": "list", "data": [j.as_dict() for j in svc.jobs.list()]}
+    """Every replica's dataset jobs (the store's records), running ones first: rows done
+    of all; tokens/s for the ones running here."""
+    return {"object": "list", "data": await run_in_threadpool(svc.leases.report)}
 
 
 @router.get("/v1/entries/{model}/{dataset}", responses={**ok(EntryState), **errors(404)})
 async def get_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     e = await run_in_threadpool(resolve, svc, model, dataset)
-    job = svc.jobs.get(e.model_hash, e.dataset_hash)
-    return {"entry": entry_json(e), "job": job.as_dict() if job else None}
+    job = await run_in_threadpool(svc.leases.one, e.model_hash, e.dataset_hash)
+    return {"entry": entry_json(e), "job": job}
 
 
 @router.delete("/v1/entries/{model}/{dataset}", responses={**ok(Removed), **errors(404, 409)})
@@ -138,6 +133,16 @@ async def delete_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
 @router.post("/v1/gc", responses=errors(409))
 async def gc(svc: Svc) -> dict[str, int]:
     return await run_in_threadpool(svc.gc)
+
+
+@router.get("/v1/entries/{model}/{dataset}/provenance")
+async def provenance(svc: Svc, model: str, dataset: str, ids: bool = False) -> dict[str, Any]:
+    """How an entry's vectors were computed: provenance records and their counts; with
+    ``ids``, the id of every stored key (what a copy from this service carries along)."""
+    from embrm.store.provenance import entry_provenance
+
+    e = await run_in_threadpool(resolve, svc, model, dataset)
+    return await run_in_threadpool(entry_provenance, svc.store, e, ids)
 
 
 @router.get("/v1/entries/{model}/{dataset}/vectors", response_model=None,

@@ -4,15 +4,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from embrm.serve.deps import Svc
 
 router = APIRouter()
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
+@router.get("/health", response_model=None)
+async def health(svc: Svc) -> dict[str, str] | JSONResponse:
+    """Readiness for a load balancer: 200 once the model is loaded and the service's
+    threads run, 503 before that and while it shuts down (docs/replicas.md)."""
+    if not svc.ready:
+        return JSONResponse({"status": "unavailable"}, status_code=503)
     return {"status": "ok"}
 
 
@@ -25,7 +29,8 @@ async def metrics(svc: Svc) -> Response:
 async def stats(svc: Svc) -> dict[str, Any]:
     """What ``/metrics`` counts, as JSON (the page's service panel), with the model and
     the number of running jobs."""
-    return {"model": svc.model_name, "model_hash": svc.model_hash, **svc.metrics.snapshot(),
+    return {"model": svc.model_name, "model_hash": svc.model_hash, "replica": svc.leases.owner,
+            **svc.metrics.snapshot(),
             "jobs_running": sum(j.status == "running" for j in svc.jobs.list())}
 
 
