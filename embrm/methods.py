@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from importlib.metadata import entry_points
 from typing import Any
 
 from embrm.errors import EmbrmError
@@ -50,7 +51,6 @@ _env_loaded: str | None = None
 
 
 def _entry_points() -> dict[str, Any]:
-    from importlib.metadata import entry_points
 
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 

@@ -1,22 +1,25 @@
-"""What every command shares: the ``--store`` option, list parameters, one-line errors.
+"""What every command shares: the ``--store`` option (defined below the store, in
+:mod:`embrm.store.option`), list parameters, one-line errors.
 
 Kept apart from the commands so each command module stays a cheap import (click only):
 ``embrm --help`` imports every command module to list them.
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
 from collections.abc import Sequence
+from functools import partialmethod
+from pathlib import Path
 from typing import Any
 
 import click
 
 from embrm.errors import EmbrmError
-
-store_option = click.option(
-    "--store", "store_uri", default=None, envvar="EMBRM_STORE", show_envvar=True, metavar="URI",
-    help="Store: a local path, an object-store URI (s3://bucket/prefix) or a service (http://host:port). "
-         "Default: $EMBRM_STORE, else ./embrm-store.")
+from embrm.group import EmbrmGroup as EmbrmGroup  # re-exported: the commands import their shared pieces here
+from embrm.group import one_line as one_line
+from embrm.store.option import store_option as store_option  # re-exported for the commands above the store
 
 
 class ListParam(click.ParamType):
@@ -49,8 +52,6 @@ class FiniteFloat(click.ParamType):
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        import math
-
         try:
             x = float(value)
         except (TypeError, ValueError):
@@ -120,8 +121,6 @@ class NamedRun(click.ParamType):
     name = "run"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
-        from pathlib import Path
-
         if isinstance(value, tuple):
             return value
         name, sep, path = str(value).partition("=")
@@ -146,62 +145,10 @@ NS = ListParam(int, "1,2,5,10", minimum=1)
 FLOATS = ListParam(float, "-1,10,1,0.3")
 
 
-def one_line(message: str) -> str:
-    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
-
-
-class EmbrmGroup(click.Group):
-    """The top-level group: commands load when used, and every error is one line.
-
-    Commands are named here as ``module:attribute`` and imported only when run (or when
-    ``--help`` lists them), so ``embrm store ls`` never imports torch. Usage errors
-    (a bad option value) and :class:`~embrm.errors.EmbrmError` print one ``error:``
-    line and exit 2; anything else is a bug and keeps its traceback.
-    """
-
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*self.commands, *self.lazy})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.commands and name in self.lazy:
-            import importlib
-
-            module, attr = self.lazy[name].split(":")
-            self.add_command(getattr(importlib.import_module(module), attr), name)
-        return self.commands.get(name)
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except click.exceptions.Exit as e:
-            sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
-        except click.ClickException as e:
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            click.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
-            sys.exit(e.exit_code)
-        except EmbrmError as e:
-            click.echo(f"error: {one_line(str(e))}", err=True)
-            sys.exit(2)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
 def quiet_third_party() -> None:
     """Silence transformers' logging and every tqdm bar (the GGUF loader draws its own)."""
-    import os
-
     os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when first imported
     if "tqdm" in sys.modules:  # imported already: set the same default its env reading would
-        from functools import partialmethod
-
         import tqdm.std
 
         tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)  # type: ignore[method-assign]

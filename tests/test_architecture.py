@@ -3,6 +3,7 @@ reads a store URI, and every backend behind one interface."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,85 @@ def test_the_store_interface_names_no_backend():
 def test_the_engine_is_chosen_by_asking_the_store():
     text = (PKG / "extractor" / "engines" / "__init__.py").read_text()
     assert "isinstance" not in text and "extraction_engines()" in text
+
+
+def test_service_jobs_run_through_the_extract_pipeline():
+    """One pipeline: a dataset job registers, runs and finishes through the function
+    `embrm extract` uses, not a copy of its steps."""
+    text = (PKG / "serve" / "jobs.py").read_text()
+    assert "execute(" in text and "finish_entry" not in text
+    assert "execute(" in (PKG / "extractor" / "engines" / "planned.py").read_text().split("def run_planned", 1)[1]
+
+
+def _store_reaches() -> set[str]:
+    """Every embrm module outside store/ that a store module imports, lazily or not."""
+    graph = _graph()
+    return {d for m, deps in graph.items() if m.startswith("embrm.store") for d in deps
+            if not d.startswith("embrm.store") and d != "embrm"}
+
+
+def test_no_loop_between_the_store_and_the_modules_above_it():
+    """What store/ imports from outside itself (errors, paths, runformat...) never
+    imports store/ back, however indirectly: the store is a layer, not a knot."""
+    graph = _graph()
+    loops = []
+    for start in sorted(_store_reaches()):
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            todo += list(graph.get(m, ()))
+        back = sorted(m for m in seen if m.startswith("embrm.store"))
+        if back:
+            loops.append((start, back[:3]))
+    assert not loops, loops
+
+
+def _functions() -> list[tuple[Path, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    return [(p, fn) for p in sorted(PKG.rglob("*.py")) for fn in ast.walk(ast.parse(p.read_text()))
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_function_level_imports_of_the_standard_library():
+    """A standard-library import inside a function has no reason to be lazy: it is cheap
+    and always there (lazy imports are for heavy optional packages: torch, ray, fastapi)."""
+    lazy = []
+    for p, fn in _functions():
+        for node in ast.walk(fn):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            lazy += [(str(p.relative_to(PKG)), fn.name, n) for n in names if n.split(".")[0] in sys.stdlib_module_names]
+    assert len(lazy) == 0, lazy  # 19 before issue 29
+
+
+def test_no_function_over_80_lines():
+    long = [(str(p.relative_to(PKG)), fn.name, fn.end_lineno - fn.lineno + 1) for p, fn in _functions()
+            if fn.end_lineno - fn.lineno + 1 > 80]
+    assert len(long) == 0, long  # 2 before issue 29: trainer.train (103), run_local (86)
+
+
+def test_no_route_module_imports_another():
+    """Routes are thin: what two routes share (request models, item checks) lives in
+    serve/protocol/, so no route module imports another."""
+    routes = {_module(p) for p in (PKG / "serve" / "routes").glob("*.py") if p.name != "__init__.py"}
+    bad = []
+    for p in (PKG / "serve" / "routes").glob("*.py"):
+        tree = ast.parse(p.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                  for a in n.names}
+        bad += [(p.name, m) for m in names & routes if m != _module(p)]
+    assert not bad, bad
+
+
+def test_no_lazy_name_of_the_store_package_is_also_a_module_name():
+    """``embrm.store`` hands out its names lazily; a submodule of the same spelling, once
+    imported, would be what ``from embrm.store import NAME`` returns (a module, not the
+    function): that broke ``export`` once, depending on the order tests ran in."""
+    import embrm.store as pkg
+
+    modules = {p.stem for p in (PKG / "store").glob("*.py")}
+    assert not modules & set(pkg._WHERE), modules & set(pkg._WHERE)

@@ -362,3 +362,47 @@ def test_one_grpo_step_of_trl_with_the_served_reward(served, tmp_path):
     trainer.train()
     assert calls and sum(calls) >= 4
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+def test_the_openapi_spec_declares_each_answer_and_real_answers_match_it(served):
+    """Issue 29: request and response models live in serve/protocol/; the spec declares
+    every route's answer and its error answers (400 for invalid input, never FastAPI's
+    422), and what the routes really send validates against those models."""
+    from embrm.serve.protocol import embeddings as pe
+    from embrm.serve.protocol import entries as pn
+    from embrm.serve.protocol import errors as px
+    from embrm.serve.protocol import rewards as pr
+
+    status, raw, _ = served.get("/openapi.json")
+    spec = json.loads(raw)
+    ops = {(m.upper(), p): op for p, d in spec["paths"].items() for m, op in d.items()}
+    for (m, p), op in ops.items():
+        assert "422" not in op["responses"], (m, p)
+        if p.startswith("/v1/") and p not in ("/v1/stats", "/v1/models", "/v1/info"):
+            assert {"400", "401"} <= set(op["responses"]), (m, p)
+            assert op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    item = {"prompt": "Hi?", "response": "Hello!"}
+    entry = json.loads(served.get("/v1/entries")[1])["data"][0]
+    calls = [("POST", "/v1/embeddings", {"input": ["Hello!"], "prompt": "Hi?"}, pe.EmbeddingsResponse),
+             ("POST", "/v1/embed", {"items": [item]}, pe.EmbedResponse),
+             ("POST", "/v1/rewards", {"items": [item], "members": True, "aggregation": "mean-std"},
+              pr.RewardsResponse),
+             ("POST", "/get_reward", {"query": ["Hi? Hello!"], "prompts": ["Hi?"]}, pr.OpenRLHFResponse),
+             ("POST", "/v1/rerank", {"query": "Hi?", "documents": ["Hello!", {"text": "Go away."}]},
+              pr.RerankResponse),
+             ("POST", "/score", {"text_1": "Hi?", "text_2": ["Hello!", "Go away."]}, pr.ScoreResponse),
+             ("GET", "/v1/rms", None, pr.RewardModelList), ("GET", "/v1/entries", None, pn.EntryList),
+             ("GET", "/v1/jobs", None, pn.JobList),
+             ("GET", f"/v1/entries/{entry['model_hash']}/{entry['dataset_hash']}", None, pn.EntryState)]
+    for method, path, payload, model in calls:
+        status, body = served.post(path, payload) if method == "POST" else \
+            (lambda s: (s[0], json.loads(s[1])))(served.get(path))
+        assert status == 200, (path, body)
+        model.model_validate(body)
+        template = path if path in {p for _, p in ops} else "/v1/entries/{model}/{dataset}"
+        declared = ops[(method, template)]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert declared.endswith("/" + model.__name__), (path, declared)
+    # the aggregation's name is checked once, at the edge: the request model refuses it
+    status, body = served.post("/v1/rewards", {"items": [item], "aggregation": "median"})
+    assert status == 400 and body["error"]["param"] == "aggregation"
+    px.ErrorResponse.model_validate(body)

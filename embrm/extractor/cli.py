@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from embrm.extractor.datasets import Columns
+from embrm.extractor.pooling import POOLINGS
 from embrm.options import INTS, store_option
 
 MODEL_OPTIONS = [
@@ -20,7 +21,7 @@ MODEL_OPTIONS = [
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
     click.option("--format", "input_format", type=click.Choice(["raw", "pair", "chat"]), default="raw",
                  show_default=True),
-    click.option("--pooling", type=click.Choice(["last", "mean", "mean-all"]), default="last", show_default=True),
+    click.option("--pooling", type=click.Choice(POOLINGS), default="last", show_default=True),
     click.option("--layers", type=INTS, default="-1", show_default=True,
                  help="Comma-separated hidden-state layers, e.g. -1,-8,15."),
     click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",

@@ -3,6 +3,7 @@ the dtype the weights really are in, the engine, the time (what
 :mod:`embrm.store.provenance` stores beside each vector)."""
 from __future__ import annotations
 
+import platform
 import re
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -24,8 +25,6 @@ def cpu_name() -> str:
             return m.group(1).strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or platform.machine() or "unknown CPU"
 
 

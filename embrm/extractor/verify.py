@@ -15,6 +15,7 @@ side is half precision.
 """
 from __future__ import annotations
 
+import base64
 import random
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -156,8 +157,6 @@ def recompute_local(e: Entry, model: str | None, device: str, prompts: list[str]
 def recompute_service(e: Entry, server: str, prompts: list[str], responses: list[str]
                       ) -> tuple[dict[int, np.ndarray], dict[str, str], str]:
     """Vectors of the items from an ``embrm serve`` of the same fingerprint (``POST /v1/embed``)."""
-    import base64
-
     from embrm.store.service import ServiceStore
 
     svc = ServiceStore(server)

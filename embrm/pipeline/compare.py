@@ -25,7 +25,7 @@ import csv
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,6 @@ def held_out(ds: Any, cc: CompareConfig, store: Any, out: Path, emb: Any, tag: s
              ) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per suite subset: each pair's outcome averaged over seeds (runs trained
     on every training prompt, saved under ``runs/`` and benched on the suite)."""
-    from dataclasses import asdict
 
     from embrm.extractor.config import RunOptions
     from embrm.pipeline.bench import dataset_spec, pair_outcomes

@@ -6,6 +6,8 @@ pairwise entries use their own chosen/rejected labels.
 """
 from __future__ import annotations
 
+import math
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,6 @@ class DataConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        import math
-
         if self.pairs_per_prompt < 1:
             raise EmbrmError("--pairs-per-prompt must be at least 1")
         if not math.isfinite(self.annotation_quality):
@@ -143,8 +143,6 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
     refits on them, its fit on the training pairs alone). With ``push``, the run is then
     published in ``store`` under that name (from ``out``, or a temporary directory).
     """
-    import tempfile
-
     dc.validate()
     if push is not None:
         from embrm.store.registry import check_name
@@ -221,7 +219,7 @@ def score_from_store(run_dir: Path, store: Any, dataset_key: str, out: Path, bat
     never by the entry's size."""
     import pyarrow as pa
 
-    from embrm.store.export import write_parquet
+    from embrm.store.exporting import write_parquet
 
     output_file(out, force, "the scores")
     model, cfg = load_run(run_dir)

@@ -14,6 +14,8 @@ run-format check can ask them what a run holds) without importing torch.
 """
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +148,6 @@ class LinearFit(NetMethod):
 
     def train(self, x: Any, tp: Pairs, vp: Pairs, cfg: TrainConfig, std: Standardizer | None,
               members: MemberSettings | None = None, init: RewardModel | None = None) -> RewardModel:
-        import time
 
         import torch
 
@@ -255,7 +256,6 @@ class Tuned(Method):
 
     def train(self, x: Any, tp: Pairs, vp: Pairs, cfg: TrainConfig, std: Standardizer | None,
               members: MemberSettings | None = None, init: RewardModel | None = None) -> RewardModel:
-        from dataclasses import replace
 
         from embrm.rm.trainer import train
         from embrm.rm.tune import tune

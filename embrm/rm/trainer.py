@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from embrm import methods as registry
 from embrm.errors import EmbrmError
 from embrm.hardware import cpu_has_fast_bf16, resolve_device
+from embrm.rm.epochs import EarlyStopping, run_epoch
+from embrm.rm.epochs import Validation as _Validation
 from embrm.rm.models import EnsembleMLP
 from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
@@ -174,61 +175,6 @@ def _use_bf16(flag: bool | None, device: str = "cpu") -> bool:
     return device == "cpu" and cpu_has_fast_bf16()
 
 
-def _bt_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(ra - rb, y, reduction="none").mean(1)
-
-
-def _pair_loss(ra: torch.Tensor, rb: torch.Tensor, y: torch.Tensor, clf: torch.Tensor | None) -> torch.Tensor:
-    """Per-member mean loss, (M,), from fp32 rewards ``ra``, ``rb`` (M, B) and labels ``y``.
-
-    ``clf`` (M,) bool marks the members trained as CLF (each response alone: winner 1,
-    loser 0), the rest Bradley-Terry; ``None``: all Bradley-Terry. A grid can thus train
-    both losses in one batched ensemble.
-    """
-    bt = _bt_loss(ra, rb, y)
-    if clf is None:
-        return bt
-    pointwise = (F.binary_cross_entropy_with_logits(ra, y, reduction="none")
-                 + F.binary_cross_entropy_with_logits(rb, 1 - y, reduction="none")).mean(1) / 2
-    return torch.where(clf, pointwise, bt)
-
-
-def _step_loss(net: EnsembleMLP, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-               clf: torch.Tensor | None, group: int | None) -> torch.Tensor:
-    """Per-member loss on one minibatch; ``a``, ``b``, ``y``: (M, B), one row of pairs per member.
-
-    Both sides of every pair go through the net as one (M, 2B) batch of rows of ``x``,
-    gathered group by group, already in ``x``'s compute dtype.
-    """
-    r = net.forward_rows(x, torch.cat([a, b], 1), group).float()
-    return _pair_loss(r[:, : a.shape[1]], r[:, a.shape[1]:], y, clf)
-
-
-class _Validation:
-    """Validation loss of every member, scoring each validation item once.
-
-    Members share the validation pairs, so the items are scored as one (N, D) batch that
-    all members read, instead of gathering a copy of every pair for every member.
-    """
-
-    def __init__(self, x: torch.Tensor, pairs: Pairs, members: int, chunk: int = 8192):
-        items, inverse = np.unique(np.concatenate([pairs.a, pairs.b]), return_inverse=True)
-        dev = x.device
-        self.x, self.items, self.chunk = x, torch.from_numpy(items).to(dev), chunk
-        self.a = torch.from_numpy(inverse[: len(pairs)]).long().to(dev)
-        self.b = torch.from_numpy(inverse[len(pairs):]).long().to(dev)
-        self.y = torch.from_numpy(pairs.y.astype(np.float32)).to(dev).expand(members, len(pairs))
-
-    def __call__(self, net: EnsembleMLP, clf: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """Each member's loss (its own: early stopping) and Bradley-Terry log-loss (comparable
-        across losses and model families: :mod:`embrm.rm.tune` chooses by it)."""
-        with torch.inference_mode():
-            r = torch.cat([net(self.x.index_select(0, self.items[s:s + self.chunk])).float()
-                           for s in range(0, len(self.items), self.chunk)], 1)
-            ra, rb = r[:, self.a], r[:, self.b]
-            return _pair_loss(ra, rb, self.y, clf).cpu().numpy(), _bt_loss(ra, rb, self.y).cpu().numpy()
-
-
 @dataclass
 class MemberSettings:
     """Each member's own learning rate, weight decay and loss: a hyperparameter grid
@@ -272,79 +218,81 @@ def train_net(x: np.ndarray | torch.Tensor, train_pairs: Pairs, val_pairs: Pairs
     """The AdamW loop of an :class:`EnsembleMLP` of ``shape`` (hidden sizes, bias), on the
     BT loss or (``clf_loss``) CLF's, or per member as ``members`` says."""
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    hidden, bias = shape
-    net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
-    if init is not None and init.net is not None:
-        net.load_state(init.net.state())
-    params = [p for p in net.parameters() if p.requires_grad]
-    clf = torch.full((cfg.ensemble,), True, device=device) if clf_loss else None
-    if members is None:
-        # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
-        # about 5x faster a step on CPU, and the same update
-        opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    else:
-        lr, wd = torch.as_tensor(members.lr), torch.as_tensor(members.weight_decay)
-        if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble or (members.clf is not None
-                                                                   and len(members.clf) != cfg.ensemble):
-            raise EmbrmError(f"per-member settings need one value per member ({cfg.ensemble})")
-        opt = MemberAdamW(params, lr.to(device), wd.to(device))
-        if members.clf is not None:
-            clf = torch.as_tensor(np.asarray(members.clf, bool)).to(device)
-    if isinstance(x, torch.Tensor):
-        xt = x.to(device=device, dtype=torch.float32)
-    else:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-    if std is not None:
-        xt = std.apply(xt)  # a standardised copy: the caller's array stays as it was
-    if _use_bf16(cfg.bf16, device):
-        xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
-    ta, tb = torch.from_numpy(train_pairs.a).to(device), torch.from_numpy(train_pairs.b).to(device)
-    ty = torch.from_numpy(train_pairs.y.astype(np.float32)).to(device)
-    group = cfg.member_group or None  # None: the net sizes its member groups to the cache
-    validation = _Validation(xt, val_pairs, cfg.ensemble)
-    m, n = cfg.ensemble, len(train_pairs)
+    fit = _Fit.setup(x, train_pairs, cfg, shape, clf_loss, members, init, std)
+    validation = _Validation(fit.xt, val_pairs, cfg.ensemble)
+    n = len(train_pairs)
     batch = batch_for(n, cfg)
-    steps_per_epoch = -(-n // batch)
-    min_epochs = -(-MIN_STEPS // steps_per_epoch)
-    gens = [np.random.default_rng([cfg.seed, i]) for i in range(m)]
-    best = net.state()
-    best_loss = np.full(m, np.inf)
-    best_pair_loss = np.full(m, np.inf)
-    best_epoch = [0] * m
-    stale = np.zeros(m, int)
+    stopping = EarlyStopping(fit.net.state(), cfg.ensemble, cfg.patience, min_epochs=-(-MIN_STEPS // -(-n // batch)))
+    gens = [np.random.default_rng([cfg.seed, i]) for i in range(cfg.ensemble)]
     log = TrainLog(batch_size=batch)
     t0 = time.perf_counter()
     for epoch in range(1, cfg.max_epochs + 1):
-        net.train()
-        if cfg.bootstrap:
-            order = torch.from_numpy(np.stack([g.integers(0, n, n) for g in gens])).to(device)
-        else:
-            order = torch.from_numpy(np.stack([g.permutation(n) for g in gens])).to(device)
-        for s in range(0, n, batch):
-            idx = order[:, s:s + batch]
-            loss = _step_loss(net, xt, ta[idx], tb[idx], ty[idx], clf, group)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()  # members are independent: the sum's gradient is each one's
-            opt.step()
-            log.steps += 1
-        net.eval()
-        vl, vpl = validation(net, clf)
-        state = net.state()
-        for i in range(m):
-            if vl[i] < best_loss[i] - 1e-5:
-                best_loss[i], best_epoch[i], stale[i], best_pair_loss[i] = vl[i], epoch, 0, vpl[i]
-                net.member_state(state, i, best)
-            else:
-                stale[i] += 1
+        log.steps += fit.epoch(gens, batch, cfg.bootstrap)
+        fit.net.eval()
         log.epochs = epoch
-        if epoch >= min_epochs and (stale >= cfg.patience).all():
+        if stopping.update(fit.net, epoch, *validation(fit.net, fit.clf)):
             break
-    net.load_state(best)
-    net.eval()
-    log.best_epoch, log.val_loss, log.seconds = best_epoch, [float(v) for v in best_loss], time.perf_counter() - t0
-    log.val_pair_loss = [float(v) for v in best_pair_loss]
-    return RewardModel(cfg, x.shape[1], net=net, log=log, standardizer=std)
+    fit.net.load_state(stopping.best)
+    fit.net.eval()
+    log.best_epoch, log.val_loss = stopping.best_epoch, [float(v) for v in stopping.best_loss]
+    log.seconds = time.perf_counter() - t0
+    log.val_pair_loss = [float(v) for v in stopping.best_pair_loss]
+    return RewardModel(cfg, x.shape[1], net=fit.net, log=log, standardizer=std)
+
+
+@dataclass
+class _Fit:
+    """What the epoch loop works on: the ensemble, its optimiser, the (standardised)
+    features on the device and the training pairs as tensors."""
+
+    net: EnsembleMLP
+    opt: Any
+    clf: torch.Tensor | None  # per member: trained as a classifier (CLF) rather than BT
+    xt: torch.Tensor
+    ta: torch.Tensor
+    tb: torch.Tensor
+    ty: torch.Tensor
+    group: int | None  # members a forward pass takes at a time; None: sized to the cache
+
+    @classmethod
+    def setup(cls, x: np.ndarray | torch.Tensor, pairs: Pairs, cfg: TrainConfig, shape: tuple[tuple[int, ...], bool],
+              clf_loss: bool, members: MemberSettings | None, init: RewardModel | None,
+              std: Standardizer | None) -> _Fit:
+        device = resolve_device(cfg.device)
+        hidden, bias = shape
+        net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
+        if init is not None and init.net is not None:
+            net.load_state(init.net.state())
+        params = [p for p in net.parameters() if p.requires_grad]
+        clf = torch.full((cfg.ensemble,), True, device=device) if clf_loss else None
+        if members is None:
+            # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
+            # about 5x faster a step on CPU, and the same update
+            opt: Any = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        else:
+            lr, wd = torch.as_tensor(members.lr), torch.as_tensor(members.weight_decay)
+            if len(lr) != cfg.ensemble or len(wd) != cfg.ensemble or (members.clf is not None
+                                                                       and len(members.clf) != cfg.ensemble):
+                raise EmbrmError(f"per-member settings need one value per member ({cfg.ensemble})")
+            opt = MemberAdamW(params, lr.to(device), wd.to(device))
+            if members.clf is not None:
+                clf = torch.as_tensor(np.asarray(members.clf, bool)).to(device)
+        if isinstance(x, torch.Tensor):
+            xt = x.to(device=device, dtype=torch.float32)
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        if std is not None:
+            xt = std.apply(xt)  # a standardised copy: the caller's array stays as it was
+        if _use_bf16(cfg.bf16, device):
+            xt = xt.to(torch.bfloat16)  # once: every step then gathers half the bytes and casts nothing
+        ta, tb = torch.from_numpy(pairs.a).to(device), torch.from_numpy(pairs.b).to(device)
+        ty = torch.from_numpy(pairs.y.astype(np.float32)).to(device)
+        return cls(net, opt, clf, xt, ta, tb, ty, cfg.member_group or None)
+
+    def epoch(self, gens: list[np.random.Generator], batch: int, bootstrap: bool) -> int:
+        """One pass over the pairs (see :func:`embrm.rm.epochs.run_epoch`); returns the steps."""
+        return run_epoch(self.net, self.opt, self.xt, (self.ta, self.tb, self.ty), self.clf, self.group, gens, batch,
+                         bootstrap)
 
 
 def train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,

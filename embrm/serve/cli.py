@@ -2,6 +2,10 @@
 :class:`~embrm.serve.settings.Settings`."""
 from __future__ import annotations
 
+import importlib.util
+import logging
+import socket
+import sys
 from typing import Any
 
 import click
@@ -56,11 +60,6 @@ from embrm.serve.settings import DEFAULTS as D
               default=D.log_level, show_default=True)
 def serve_cmd(**kw: Any) -> None:
     """Serve embeddings from the store, computing misses with the model (OpenAI-compatible)."""
-    import importlib.util
-    import logging
-    import socket
-    import sys
-
     from embrm.errors import EmbrmError
 
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]

@@ -1,11 +1,13 @@
 """Dataset jobs: ``POST /v1/entries`` extracts an uploaded dataset in the background.
 
-A job is the same plan and loop as ``embrm extract`` (:func:`~embrm.extractor.plan.plan_extraction`
-over the stored rows, :func:`~embrm.extractor.engines.local.run_local`): windows of the
-rows table, missing items embedded, one commit per window, resumable by asking again.
-Its only difference is the ``embed`` callable: items go through the service's model
-thread at job priority, so they share the model, single flight and batching with online
-requests, which go first.
+A job runs through the same function as ``embrm extract``
+(:func:`~embrm.extractor.engines.planned.execute`: plan, register, run, finish) with the
+same window loop (:func:`~embrm.extractor.engines.local.run_local`): windows of the rows
+table, missing items embedded, one commit per window, resumable by asking again. Only
+two things differ. The ``embed`` callable: items go through the service's model thread
+at job priority, so they share the model, single flight and batching with online
+requests, which go first. And the progress: a :class:`Job` (all of a job's state, one
+small object) takes the loop's progress-bar calls and the counts.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import numpy as np
 
 from embrm.errors import EmbrmError
 from embrm.extractor.embedder import Embedded
+from embrm.extractor.engines.local import run_local
+from embrm.extractor.engines.planned import execute
 from embrm.extractor.plan import ExtractionPlan, plan_extraction, stored_scan
 from embrm.serve.worker import JOB
 from embrm.store import item_key
@@ -29,6 +33,7 @@ from embrm.store import schema as S
 
 if TYPE_CHECKING:
     from embrm.extractor.embedder import Embedder
+    from embrm.extractor.report import ExtractResult
     from embrm.serve.cache import ServiceCache
     from embrm.serve.metrics import Metrics
     from embrm.serve.settings import Settings
@@ -64,6 +69,13 @@ class Job:
     def set_postfix(self, cached: int | None = None, **_: Any) -> None:
         if cached is not None:  # live, for GET /v1/jobs; the final counts replace it
             self.cached = cached
+
+    def finished(self, r: ExtractResult, stopped: bool) -> None:
+        """The extraction's result: its counts replace the live ones."""
+        self.computed, self.cached, self.duplicates = r.computed, r.cached, r.duplicates
+        self.tokens, self.compute_seconds = r.tokens, r.compute_seconds
+        self.done_rows = max(self.done_rows, r.computed + r.cached + r.duplicates)
+        self.status = "stopped" if stopped and r.status != "complete" else r.status
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -141,8 +153,6 @@ class Jobs:
                         int(np.minimum(n_tok, self.embedder.spec.max_length).sum()))
 
     def _run(self, job: Job, plan: ExtractionPlan) -> None:
-        from embrm.extractor.engines.local import run_local
-
         t0 = time.perf_counter()
         eid = S.entry_id(job.model_hash, job.dataset_hash)
         try:
@@ -160,12 +170,12 @@ class Jobs:
 
             from embrm.extractor.provenance import extraction_facts
 
-            counts = run_local(plan, self.store, embed, self.window, on_window=window_done, progress=job,
-                               should_stop=self._stop.is_set, provenance=extraction_facts(self.embedder, "service"))
-            job.computed, job.cached, job.duplicates = counts.computed, counts.cached, counts.duplicates
-            job.tokens, job.compute_seconds = counts.tokens, counts.compute_seconds
-            entry = self.store.finish_entry(job.model_hash, job.dataset_hash)
-            job.status = "stopped" if (self._stop.is_set() or job.lost) and entry.status != "complete" else entry.status
+            facts = extraction_facts(self.embedder, "service")
+            result = execute(plan, self.store, lambda p: run_local(p, self.store, embed, self.window,
+                                                                   on_window=window_done, progress=job,
+                                                                   should_stop=self._stop.is_set, provenance=facts),
+                             t0=t0)
+            job.finished(result, self._stop.is_set() or job.lost)
         except Exception as e:
             log.exception("dataset job %s failed", job.dataset_hash[:12])
             job.status, job.error = "failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,6 @@ def run_server(app: Any, settings: Settings, sock: Any) -> None:
 
 
 def _draining_server() -> Any:
-    import signal
-
     import uvicorn
 
     class DrainingServer(uvicorn.Server):

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from embrm import __version__
 from embrm.errors import EmbrmError
-from embrm.store.export import write_parquet
+from embrm.store.exporting import write_parquet
 from embrm.store.transfer import EntrySource, checksum, digests, source_of
 
 if TYPE_CHECKING:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from embrm.options import EmbrmGroup, store_option
+from embrm.group import EmbrmGroup
+from embrm.store.option import store_option
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -157,8 +159,6 @@ def rm_group() -> None:
 def rm_push(run_dir: str, name: str, force: bool, store_uri: str | None) -> None:
     """Publish a run directory (checked first; weights travel as safetensors, never pickle).
     A local directory or object-store prefix that holds no store yet becomes one."""
-    from pathlib import Path
-
     from embrm.runformat import read_files
     from embrm.store import open_store
 
@@ -195,8 +195,6 @@ def rm_ls(as_json: bool, store_uri: str | None) -> None:
 @store_option
 def rm_pull(name: str, out: str, store_uri: str | None) -> None:
     """Fetch a published run into a directory, as it was pushed."""
-    from pathlib import Path
-
     from embrm.store import open_store
 
     click.echo(f"wrote {open_store(store_uri).pull_run(name, Path(out))}/")

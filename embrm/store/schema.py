@@ -12,6 +12,8 @@ Datasets refer to items by key, so two datasets that share items share vectors.
 """
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 #: 2: vector tables made by this embrm carry a ``provenance`` column and the store a
@@ -43,8 +45,6 @@ SERVED_NAME = "served"
 def served_dataset_hash(model_hash: str) -> str:
     """The key of a model's ``served`` rows table: fixed per model, not a content hash,
     because that table grows as the service answers requests."""
-    import hashlib
-
     return hashlib.sha256(f"embrm-served:{model_hash}".encode()).hexdigest()
 
 

@@ -29,6 +29,7 @@ the loser retries on the new version (:func:`retry`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import random
 import shutil
 import time
@@ -210,8 +211,6 @@ class LocalTables(Tables):
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
-        import fcntl
-
         d = self.root / LOCKS
         d.mkdir(exist_ok=True)
         with open(d / f"{name}.lock", "a") as f:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from embrm.extractor.plan import ExtractionPlan
     from embrm.extractor.report import ExtractResult
     from embrm.store.base import Store
+    from embrm.store.vectors import VectorInfo
 
 EmbedFn = Callable[[list[str], list[str]], "Embedded"]
 
@@ -95,69 +96,20 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
     ``provenance`` is how the vectors are computed (:mod:`embrm.extractor.provenance`),
     recorded with every commit.
     """
-    counts = LoopCounts()
-    missing = plan.missing
-    done = np.zeros(len(missing), bool)  # one byte per missing item, not a set of strings
-    expect = None
-    dh, mh, cols = plan.data.dataset_hash, plan.model_hash, ["item_key", "prompt", "response"]
-
-    def process(batch: pa.RecordBatch) -> None:
-        nonlocal expect
-        keys = batch.column("item_key")
-        at = pc.fill_null(pc.index_in(keys, value_set=missing), -1).to_numpy() if len(missing) else \
-            np.full(len(keys), -1)
-        todo: dict[int, int] = {}  # index into missing -> row of this batch
-        for row, m in enumerate(at.tolist()):
-            if m < 0:
-                counts.cached += 1
-            elif done[m] or m in todo:
-                counts.duplicates += 1
-            else:
-                todo[m] = row
-        if todo:  # committed by another process since the plan was made?
-            lacking = store.missing_keys(mh, keys.take(pa.array(list(todo.values()))))
-            if len(lacking) < len(todo):
-                still = set(lacking.to_pylist())
-                for m in [m for m, row in todo.items() if keys[row].as_py() not in still]:
-                    del todo[m]
-                    done[m] = True
-                    counts.cached += 1
-        if todo:
-            if before_window is not None:
-                before_window()
-            sel = pa.array(list(todo.values()))
-            prompts = batch.column("prompt").take(sel).to_pylist()
-            responses = batch.column("response").take(sel).to_pylist()
-            t = time.perf_counter()
-            out = embed(prompts, responses)
-            counts.compute_seconds += time.perf_counter() - t
-            if expect is None:
-                expect = store.vector_info(mh)
-            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=expect,
-                                      provenance=provenance)
-            store.commit_vectors(mh, data)
-            done[list(todo)] = True
-            counts.computed += len(todo)
-            counts.tokens += out.tokens
-            if on_window:
-                on_window(len(todo))
-        if progress is not None:
-            progress.update(len(keys))
-            progress.set_postfix(tok_s=f"{counts.tokens_per_second:,.0f}" if counts.compute_seconds else "-",
-                                 cached=counts.cached, refresh=False)
-
+    loop = _WindowLoop(plan, store, embed, on_window, progress, before_window, provenance)
+    dh, cols = plan.data.dataset_hash, ["item_key", "prompt", "response"]
     deferred: list[tuple[int, int]] = []  # (first row, rows) of windows another process held
     start = 0
     for batch in store.iter_rows(dh, cols, window):
         if should_stop is not None and should_stop():
-            return counts
+            return loop.counts
         first, start = start, start + len(batch)
         if claims is None:
-            process(batch)
+            loop.process(batch)
             continue
         with claims.claim(first, wait=False) as held:
             if held:
-                process(batch)
+                loop.process(batch)
             else:
                 deferred.append((first, len(batch)))
     for first, n in deferred:
@@ -165,6 +117,70 @@ def run_local(plan: ExtractionPlan, store: Store, embed: EmbedFn, window: int = 
             break
         assert claims is not None
         with claims.claim(first, wait=True):
-            process(pa.Table.from_batches(list(store.iter_rows(dh, cols, n, first, n))).combine_chunks()
-                    .to_batches()[0])
-    return counts
+            loop.process(pa.Table.from_batches(list(store.iter_rows(dh, cols, n, first, n))).combine_chunks()
+                         .to_batches()[0])
+    return loop.counts
+
+
+class _WindowLoop:
+    """One window at a time: which of its rows are missing items not yet computed (the
+    rest count as cached or duplicates), a last check against the store, then ``embed``
+    and one commit."""
+
+    def __init__(self, plan: ExtractionPlan, store: Store, embed: EmbedFn, on_window: Callable[[int], None] | None,
+                 progress: Any, before_window: Callable[[], None] | None, provenance: Any = None):
+        self.store, self.embed, self.model_hash, self.provenance = store, embed, plan.model_hash, provenance
+        self.on_window, self.progress, self.before_window = on_window, progress, before_window
+        self.counts = LoopCounts()
+        self.missing = plan.missing
+        self.done = np.zeros(len(plan.missing), bool)  # one byte per missing item, not a set of strings
+        self.expect: VectorInfo | None = None
+
+    def todo(self, keys: pa.Array) -> dict[int, int]:
+        """{index into missing: row of the window} of the items this window computes."""
+        at = pc.fill_null(pc.index_in(keys, value_set=self.missing), -1).to_numpy() if len(self.missing) else \
+            np.full(len(keys), -1)
+        todo: dict[int, int] = {}
+        for row, m in enumerate(at.tolist()):
+            if m < 0:
+                self.counts.cached += 1
+            elif self.done[m] or m in todo:
+                self.counts.duplicates += 1
+            else:
+                todo[m] = row
+        if todo:  # committed by another process since the plan was made?
+            lacking = self.store.missing_keys(self.model_hash, keys.take(pa.array(list(todo.values()))))
+            if len(lacking) < len(todo):
+                still = set(lacking.to_pylist())
+                for m in [m for m, row in todo.items() if keys[row].as_py() not in still]:
+                    del todo[m]
+                    self.done[m] = True
+                    self.counts.cached += 1
+        return todo
+
+    def process(self, batch: pa.RecordBatch) -> None:
+        keys, counts = batch.column("item_key"), self.counts
+        todo = self.todo(keys)
+        if todo:
+            if self.before_window is not None:
+                self.before_window()
+            sel = pa.array(list(todo.values()))
+            prompts = batch.column("prompt").take(sel).to_pylist()
+            responses = batch.column("response").take(sel).to_pylist()
+            t = time.perf_counter()
+            out = self.embed(prompts, responses)
+            counts.compute_seconds += time.perf_counter() - t
+            if self.expect is None:
+                self.expect = self.store.vector_info(self.model_hash)
+            data = build_vector_table(keys.take(sel), out.vectors, out.n_tokens, out.truncated, expect=self.expect,
+                                      provenance=self.provenance)
+            self.store.commit_vectors(self.model_hash, data)
+            self.done[list(todo)] = True
+            counts.computed += len(todo)
+            counts.tokens += out.tokens
+            if self.on_window:
+                self.on_window(len(todo))
+        if self.progress is not None:
+            self.progress.update(len(keys))
+            self.progress.set_postfix(tok_s=f"{counts.tokens_per_second:,.0f}" if counts.compute_seconds else "-",
+                                      cached=counts.cached, refresh=False)

@@ -1,4 +1,6 @@
-"""The flow every engine that plans in this process shares (the local and Ray engines):
+"""The flow every extraction that plans here shares: the local and Ray engines
+(:func:`run_planned`) and the service's dataset jobs (:func:`execute` with the service's
+``embed`` and progress):
 
 1. Scan the dataset once: fingerprint, kind, item keys (:mod:`embrm.extractor.plan`).
 2. Pin the model and build its fingerprint (:class:`~embrm.extractor.embedder.Embedder`),
@@ -41,17 +43,30 @@ class Engine(Protocol):
 
 def run_planned(engine: Engine, cfg: ExtractConfig, store: Store,
                 on_window: Callable[[int], None] | None = None) -> ExtractResult:
-    """Steps 1-5 of the module docstring."""
+    """Steps 1-5 of the module docstring, for ``embrm extract``."""
     t0 = time.perf_counter()
     data = scan_dataset(cfg.data)
     embedder = engine.embedder(cfg)
-    plan = plan_extraction(data, embedder, store)
+    return execute(plan_extraction(data, embedder, store), store,
+                   lambda p: engine.run(p, store, embedder, cfg, on_window), lambda: engine.session(embedder), t0)
+
+
+def execute(plan: ExtractionPlan, store: Store, run: Callable[[ExtractionPlan], LoopCounts],
+            session: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+            t0: float | None = None) -> ExtractResult:
+    """Steps 3-5: open ``session`` if anything is missing, register, ``run``, finish.
+
+    ``run`` computes and commits the plan's missing items (an engine's loop, or the
+    service's window loop with its model thread's ``embed``); registering twice is
+    harmless (the rows table and the entry are written only once), so a caller that
+    must show the entry before the run starts (a service job) may register first."""
+    t0 = time.perf_counter() if t0 is None else t0
     if not plan.n_missing:
         plan.register(store)
-        return finish(plan, store, LoopCounts(cached=data.n_rows), False, t0)
-    with engine.session(embedder):
+        return finish(plan, store, LoopCounts(cached=plan.data.n_rows), False, t0)
+    with session():
         plan.register(store)
-        counts = engine.run(plan, store, embedder, cfg, on_window)
+        counts = run(plan)
     return finish(plan, store, counts, True, t0)
 
 

@@ -23,8 +23,11 @@ Ray's own ``Dataset.write_lance`` is not used: with pylance 14 it fails in every
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
 import os
 import secrets
+import socket
 import tempfile
 import time
 import warnings
@@ -66,8 +69,6 @@ class RayOptions:
 
 def check_ray() -> None:
     """Ray installed? Asked without importing it: Ray reads its environment on import."""
-    import importlib.util
-
     try:
         found = importlib.util.find_spec("ray") is not None
     except ValueError:  # in sys.modules as None: blocked
@@ -78,8 +79,6 @@ def check_ray() -> None:
 
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a cluster address nothing answers at (Ray itself retries for minutes)."""
-    import socket
-
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -106,8 +105,6 @@ def start_ray(opts: RayOptions) -> Any:
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # a late Ray call never starts a second cluster
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     check_ray()
-    import logging
-
     # Ray starts its processes with fork + exec; lance's fork warning does not apply
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
     import ray

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from embrm.errors import EmbrmError
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
-from embrm.serve.routes.entries import resolve
+from embrm.serve.protocol.entries import resolve
 from embrm.serve.service import Service
 from embrm.serve.uploads import body_to_file
 from embrm.serve.vector_uploads import checked_vectors, info_json, read_keys

@@ -2,75 +2,35 @@
 
 Both go through :meth:`Service.embed` (cache, store, model thread with single flight);
 ``/v1/embed`` also looks stored vectors up by item key and answers in Arrow when asked.
+Requests, answers and their shaping are :mod:`embrm.serve.protocol.embeddings`.
 """
 from __future__ import annotations
 
-import base64
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from embrm.serve.deps import Svc, check_count, check_text
+from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
-from embrm.serve.worker import ItemVectors
-from embrm.store import schema as S
+from embrm.serve.protocol.embeddings import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    embed_table,
+    encode,
+)
+from embrm.serve.protocol.errors import COMMON, errors, ok
+from embrm.serve.protocol.items import check_count, check_items, check_text
 from embrm.store.wire import ARROW, to_ipc
 
-router = APIRouter()
+router = APIRouter(responses=COMMON)
 ITEM_KEY_CHARS = set("0123456789abcdef")
 
 
-class EmbeddingsRequest(BaseModel):
-    """OpenAI's ``POST /v1/embeddings`` body; ``prompt`` is embrm's extension."""
-
-    model_config = ConfigDict(extra="ignore")
-    input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    prompt: str = Field("", description="embrm: a prompt the input texts answer (default: none)")
-
-
-class EmbedItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str
-    response: str
-
-
-class EmbedRequest(BaseModel):
-    """embrm's native ``POST /v1/embed`` body: items to embed, or item keys to look up."""
-
-    model_config = ConfigDict(extra="forbid")
-    items: list[EmbedItem] | None = None
-    item_keys: list[str] | None = None
-    layers: list[int] | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    model: str | None = None
-
-
-def encode(v: np.ndarray, fmt: str) -> Any:
-    v = np.asarray(v, dtype="<f4")
-    return base64.b64encode(v.tobytes()).decode() if fmt == "base64" else v.tolist()
-
-
-def check_items(items: list[EmbedItem], max_items: int, param: str = "items") -> None:
-    """Items that can be embedded: a count within the limit, UTF-8 text, not both empty."""
-    check_count(len(items), max_items, param)
-    for i, it in enumerate(items):
-        check_text(it.prompt, f"{param}[{i}].prompt")
-        check_text(it.response, f"{param}[{i}].response")
-        if not it.prompt and not it.response:
-            raise ApiError(400, f"{param}[{i}] has neither prompt nor response: nothing to embed", f"{param}[{i}]",
-                           "empty_input")
-
-
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses={**ok(EmbeddingsResponse), **errors(404, 413, 429)})
 async def embeddings(svc: Svc, req: EmbeddingsRequest) -> dict[str, Any]:
     svc.check_model(req.model)
     if req.dimensions is not None and req.dimensions != svc.embedder.dim:
@@ -96,7 +56,7 @@ async def embeddings(svc: Svc, req: EmbeddingsRequest) -> dict[str, Any]:
             "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
 
 
-@router.post("/v1/embed", response_model=None)
+@router.post("/v1/embed", response_model=None, responses={**ok(EmbedResponse), **errors(404, 413, 429)})
 async def embed(svc: Svc, req: EmbedRequest, request: Request) -> Any:
     svc.check_model(req.model)
     layers = list(svc.embedder.spec.layers)
@@ -131,21 +91,3 @@ async def embed(svc: Svc, req: EmbedRequest, request: Request) -> Any:
                        "vectors": {str(x): encode(v.vectors[x], req.encoding_format) for x in want} if v else None}
                       for k, f, c, v in zip(keys, found, cached, vecs)]}
 
-
-def embed_table(keys: list[str], vecs: list[ItemVectors | None], cached: list[bool], layers: list[int],
-                dim: int) -> pa.Table:
-    """``POST /v1/embed`` in Arrow: the store's vector schema, plus ``found`` and ``cached``."""
-    sch = S.vector_schema(dim, "float32", tuple(layers), provenance=False)
-    n = len(keys)
-    cols: list[pa.Array] = [pa.array(keys, pa.string()),
-                            pa.array([v.n_tokens if v else 0 for v in vecs], pa.int32()),
-                            pa.array([v.truncated if v else False for v in vecs], pa.bool_())]
-    for layer in layers:
-        m = np.zeros((n, dim), np.float32)
-        for i, v in enumerate(vecs):
-            if v is not None:
-                m[i] = v.vectors[layer]
-        cols.append(pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), dim))
-    table = pa.Table.from_arrays(cols, schema=sch)
-    table = table.append_column("found", pa.array([v is not None for v in vecs]))
-    return table.append_column("cached", pa.array(cached))

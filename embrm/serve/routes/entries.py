@@ -8,6 +8,8 @@
 * ``GET /v1/entries/{model}/{dataset}/provenance``: how its vectors were computed;
 * ``DELETE /v1/entries/{model}/{dataset}`` and ``POST /v1/gc``: what ``embrm store rm``
   and ``embrm store gc --store http://...`` reach.
+
+Requests and answers are :mod:`embrm.serve.protocol.entries`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from embrm.errors import EmbrmError
@@ -23,32 +24,28 @@ from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
 from embrm.serve.listing import Sort, select, vector_bytes
 from embrm.serve.prefetch import prefetched
+from embrm.serve.protocol.entries import (
+    EntryList,
+    EntryRequest,
+    EntryState,
+    JobList,
+    Kind,
+    Removed,
+    Upload,
+    listing,
+    resolve,
+)
+from embrm.serve.protocol.errors import COMMON, errors, ok
 from embrm.serve.pulls import entry_stream
-from embrm.serve.service import Service
 from embrm.serve.uploads import body_to_file, store_upload
-from embrm.store.catalog import NAME_MAX, Entry, check_dataset_name
+from embrm.store.catalog import NAME_MAX, check_dataset_name
 from embrm.store.wire import ARROW, entry_json
 
-router = APIRouter()
+router = APIRouter(responses=COMMON)
 
 
-class EntryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: str = Field(max_length=64)
-    name: str | None = Field(None, max_length=NAME_MAX)
-    kind: Literal["pairwise", "multi", "pointwise"] | None = None
-    source: dict[str, str | int | float | bool | None] | None = Field(None, max_length=32)
-
-
-def resolve(svc: Service, model: str, dataset: str) -> Entry:
-    try:
-        return svc.store.resolve(model, dataset)
-    except EmbrmError as e:
-        raise ApiError(404, str(e), None, "entry_not_found") from None
-
-
-@router.put("/v1/datasets")
-async def put_dataset(svc: Svc, request: Request, kind: Literal["pairwise", "multi", "pointwise"],
+@router.put("/v1/datasets", responses={**ok(Upload), **errors(408, 413)})
+async def put_dataset(svc: Svc, request: Request, kind: Kind,
                       name: str = "uploaded", dataset_hash: str | None = None) -> dict[str, Any]:
     """Normalised rows as an Arrow stream: streamed to a temporary file, checked,
     fingerprinted and compared with ``dataset_hash`` before anything is stored."""
@@ -61,7 +58,7 @@ async def put_dataset(svc: Svc, request: Request, kind: Literal["pairwise", "mul
         path.unlink(missing_ok=True)
 
 
-@router.post("/v1/entries", status_code=202)
+@router.post("/v1/entries", status_code=202, responses={202: {"model": EntryState}, **errors(404)})
 async def post_entry(svc: Svc, req: EntryRequest) -> dict[str, Any]:
     """Extract an uploaded dataset with the served model. The dataset is named by its hash
     (or a unique prefix of a stored one); a kind given must be the stored dataset's."""
@@ -94,7 +91,7 @@ async def post_entry(svc: Svc, req: EntryRequest) -> dict[str, Any]:
     return {"entry": None, "job": job}
 
 
-@router.get("/v1/entries")
+@router.get("/v1/entries", responses=ok(EntryList))
 async def list_entries(svc: Svc, offset: Annotated[int, Query(ge=0)] = 0,
                        limit: Annotated[int | None, Query(ge=1)] = None,
                        q: Annotated[str | None, Query(max_length=NAME_MAX)] = None,
@@ -106,25 +103,24 @@ async def list_entries(svc: Svc, offset: Annotated[int, Query(ge=0)] = 0,
                             "page with offset", "limit", "limit_too_large")
     entries = await run_in_threadpool(svc.store.entries)
     page, total = select(entries, q, sort, order == "desc", offset, limit)
-    return {"object": "list", "data": [{**entry_json(e), "vector_bytes": vector_bytes(e)} for e in page],
-            "total": total, "offset": offset, "limit": limit}
+    return listing([{**entry_json(e), "vector_bytes": vector_bytes(e)} for e in page], total, offset, limit)
 
 
-@router.get("/v1/jobs")
+@router.get("/v1/jobs", responses=ok(JobList))
 async def list_jobs(svc: Svc) -> dict[str, Any]:
     """Every replica's dataset jobs (the store's records), running ones first: rows done
     of all; tokens/s for the ones running here."""
     return {"object": "list", "data": await run_in_threadpool(svc.leases.report)}
 
 
-@router.get("/v1/entries/{model}/{dataset}")
+@router.get("/v1/entries/{model}/{dataset}", responses={**ok(EntryState), **errors(404)})
 async def get_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     e = await run_in_threadpool(resolve, svc, model, dataset)
     job = await run_in_threadpool(svc.leases.one, e.model_hash, e.dataset_hash)
     return {"entry": entry_json(e), "job": job}
 
 
-@router.delete("/v1/entries/{model}/{dataset}")
+@router.delete("/v1/entries/{model}/{dataset}", responses={**ok(Removed), **errors(404, 409)})
 async def delete_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     e = await run_in_threadpool(resolve, svc, model, dataset)
     if svc.jobs.running(e.model_hash, e.dataset_hash):
@@ -134,7 +130,7 @@ async def delete_entry(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     return {"entry": entry_json(e)}
 
 
-@router.post("/v1/gc")
+@router.post("/v1/gc", responses=errors(409))
 async def gc(svc: Svc) -> dict[str, int]:
     return await run_in_threadpool(svc.gc)
 
@@ -149,7 +145,9 @@ async def provenance(svc: Svc, model: str, dataset: str, ids: bool = False) -> d
     return await run_in_threadpool(entry_provenance, svc.store, e, ids)
 
 
-@router.get("/v1/entries/{model}/{dataset}/vectors", response_model=None)
+@router.get("/v1/entries/{model}/{dataset}/vectors", response_model=None,
+            responses={200: {"content": {ARROW: {}}, "description": "the entry as an Arrow IPC stream"},
+                       **errors(404, 409)})
 async def pull(svc: Svc, request: Request, model: str, dataset: str, layer: int | None = None, offset: int = 0,
                limit: int | None = None, partial: bool = False, texts: bool = False) -> Any:
     e = await run_in_threadpool(resolve, svc, model, dataset)

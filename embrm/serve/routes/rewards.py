@@ -11,33 +11,47 @@ and scores with a served run's ensemble (:mod:`embrm.serve.rewards`):
 * ``POST /v1/rerank`` (also ``/rerank``, ``/v2/rerank``): Cohere/Jina/vLLM reranking, the
   query being the prompt and the documents its candidates;
 * ``POST /score`` (also ``/v1/score``): vLLM's score route for one prompt and candidates.
+
+Requests and answers are :mod:`embrm.serve.protocol.rewards`.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from embrm.errors import EmbrmError
-from embrm.rm.metrics import AGGREGATIONS, COEF_NAME, COEF_RANGE
-from embrm.serve.deps import Svc, check_count, check_text
+from embrm.rm.metrics import COEF_NAME, COEF_RANGE
+from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
+from embrm.serve.protocol.errors import COMMON, errors, ok
+from embrm.serve.protocol.items import EmbedItem, check_count, check_items, check_text
+from embrm.serve.protocol.rewards import (
+    Aggregation,
+    OpenRLHFRequest,
+    OpenRLHFResponse,
+    RerankRequest,
+    RerankResponse,
+    RewardModelList,
+    RewardsRequest,
+    RewardsResponse,
+    ScoreRequest,
+    ScoreResponse,
+    coef,
+)
 from embrm.serve.rewards import ServedRun, combine
-from embrm.serve.routes.embeddings import EmbedItem, check_items
 from embrm.serve.service import Service
 from embrm.store.wire import ARROW, to_ipc
 
-router = APIRouter()
-Aggregation = Literal["mean", "min", "single", "mean-var", "mean-std"]
-assert set(Aggregation.__args__) == set(AGGREGATIONS)  # one list of aggregations, the trainers'
+router = APIRouter(responses=COMMON)
+SCORING = errors(404, 413, 429)  # an unknown reward model; too many items; the model's queue full
 
 
 class Scored:
@@ -68,15 +82,6 @@ async def score_items(svc: Service, rm: str | None, prompts: list[str], response
     return Scored(run, scores, vecs, cached, keys)
 
 
-def _coef(aggregation: str, lam: float | None, beta: float | None) -> float:
-    """The coefficient of mean-var (``lambda``) or mean-std (``beta``); 1 by default."""
-    if aggregation == "mean-var":
-        return 1.0 if lam is None else lam
-    if aggregation == "mean-std":
-        return 1.0 if beta is None else beta
-    return 1.0
-
-
 def _combined(s: Scored, how: str, coef: float) -> tuple[np.ndarray, np.ndarray]:
     """The aggregated rewards, each finite, or a 400 naming the item (and the coefficient)."""
     try:
@@ -91,30 +96,18 @@ def _usage(s: Scored) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ listing
-@router.get("/v1/rms")
+@router.get("/v1/rms", responses=ok(RewardModelList))
 async def list_rms(svc: Svc) -> dict[str, Any]:
     runs = await run_in_threadpool(svc.rms.list, True)
     return {"object": "list", "data": [r.listing() for r in runs]}
 
 
 # ------------------------------------------------------------------- native
-class RewardsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    items: list[EmbedItem]
-    rm: str | None = Field(None, max_length=64, description="a served reward model (default: the first)")
-    aggregation: Aggregation = "mean"
-    lam: float | None = Field(None, alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
-                              description="lambda of mean-var")
-    beta: float | None = Field(None, allow_inf_nan=False, ge=COEF_RANGE[0], le=COEF_RANGE[1],
-                               description="beta of mean-std")
-    members: bool = Field(False, description="also return every member's reward")
-
-
-@router.post("/v1/rewards", response_model=None)
+@router.post("/v1/rewards", response_model=None, responses={**ok(RewardsResponse), **SCORING})
 async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
     check_items(req.items, svc.settings.max_items)
     s = await score_items(svc, req.rm, [it.prompt for it in req.items], [it.response for it in req.items])
-    reward, std = _combined(s, req.aggregation, _coef(req.aggregation, req.lam, req.beta))
+    reward, std = _combined(s, req.aggregation, coef(req.aggregation, req.lam, req.beta))
     if ARROW in request.headers.get("accept", ""):
         cols = {"item_key": pa.array(s.keys, pa.string()), "reward": pa.array(reward, pa.float32()),
                 "std": pa.array(std, pa.float32()), "cached": pa.array(s.cached),
@@ -132,16 +125,7 @@ async def rewards(svc: Svc, req: RewardsRequest, request: Request) -> Any:
 
 
 # ----------------------------------------------------------------- OpenRLHF
-class OpenRLHFRequest(BaseModel):
-    """OpenRLHF's remote reward model body: ``query`` is each prompt followed by its response."""
-
-    model_config = ConfigDict(extra="ignore")
-    query: list[str]
-    prompts: list[str] | None = None
-    labels: list[Any] | None = None
-
-
-@router.post("/get_reward")
+@router.post("/get_reward", responses={**ok(OpenRLHFResponse), **SCORING})
 async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Query(max_length=64)] = None,
                      aggregation: Aggregation = "mean",
                      lam: Annotated[float | None, Query(alias="lambda", allow_inf_nan=False, ge=COEF_RANGE[0],
@@ -165,31 +149,15 @@ async def get_reward(svc: Svc, req: OpenRLHFRequest, rm: Annotated[str | None, Q
             raise ApiError(400, f"query[{i}] is empty: nothing to score", f"query[{i}]", "empty_input")
         responses.append(q[len(p):])
     s = await score_items(svc, rm, req.prompts, responses)
-    reward, std = _combined(s, aggregation, _coef(aggregation, lam, beta))
+    reward, std = _combined(s, aggregation, coef(aggregation, lam, beta))
     rewards = [float(x) for x in reward]
     return {"rewards": rewards, "scores": rewards, "extra_logs": {"reward_std": [float(x) for x in std]}}
 
 
 # ------------------------------------------------------------------ rerank
-class Document(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    text: str
-
-
-class RerankRequest(BaseModel):
-    """Cohere's, Jina's and vLLM's rerank body; ``model`` names the reward model."""
-
-    model_config = ConfigDict(extra="ignore")
-    query: str
-    documents: list[str | Document]
-    model: str | None = Field(None, max_length=64)
-    top_n: int | None = Field(None, ge=1)
-    return_documents: bool = True
-
-
-@router.post("/v1/rerank")
-@router.post("/v2/rerank")
-@router.post("/rerank")
+@router.post("/v1/rerank", responses={**ok(RerankResponse), **SCORING})
+@router.post("/v2/rerank", responses={**ok(RerankResponse), **SCORING})
+@router.post("/rerank", responses={**ok(RerankResponse), **SCORING})
 async def rerank(svc: Svc, req: RerankRequest) -> dict[str, Any]:
     docs = [d if isinstance(d, str) else d.text for d in req.documents]
     check_count(len(docs), svc.settings.max_items, "documents")
@@ -205,17 +173,8 @@ async def rerank(svc: Svc, req: RerankRequest) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------- score
-class ScoreRequest(BaseModel):
-    """vLLM's ``/score`` body: ``text_1`` the prompt(s), ``text_2`` the candidates."""
-
-    model_config = ConfigDict(extra="ignore")
-    text_1: str | list[str]
-    text_2: str | list[str]
-    model: str | None = Field(None, max_length=64)
-
-
-@router.post("/v1/score")
-@router.post("/score")
+@router.post("/v1/score", responses={**ok(ScoreResponse), **SCORING})
+@router.post("/score", responses={**ok(ScoreResponse), **SCORING})
 async def score(svc: Svc, req: ScoreRequest) -> dict[str, Any]:
     t2 = [req.text_2] if isinstance(req.text_2, str) else req.text_2
     t1 = [req.text_1] * len(t2) if isinstance(req.text_1, str) else req.text_1

@@ -20,12 +20,13 @@ from embrm.errors import EmbrmError
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
 from embrm.serve.memory import release_memory
+from embrm.serve.protocol.errors import COMMON, errors
 from embrm.serve.service import Service
 from embrm.serve.uploads import body_to_file
 from embrm.store.registry import check_name
 from embrm.store.wire import ARROW, run_files_in, run_files_ipc
 
-router = APIRouter()
+router = APIRouter(responses=COMMON)
 #: One push is checked and written at a time: a run is at most ``--max-upload-bytes`` and
 #: its row is one copy of it, so concurrent pushes queue here instead of adding up.
 PUSHING = threading.Lock()
@@ -51,7 +52,7 @@ def _push(svc: Service, name: str, path: Path, force: bool) -> dict[str, Any]:
             release_memory()
 
 
-@router.put("/v1/rms/{name}", status_code=201)
+@router.put("/v1/rms/{name}", status_code=201, responses=errors(408, 409, 413))
 async def push_rm(svc: Svc, name: str, request: Request, force: bool = False) -> dict[str, Any]:
     """A run's files as Arrow, streamed to a temporary file under the service's upload
     limit and body timeouts (as ``PUT /v1/datasets``), then checked whole
@@ -67,7 +68,8 @@ async def push_rm(svc: Svc, name: str, request: Request, force: bool = False) ->
         path.unlink(missing_ok=True)
 
 
-@router.get("/v1/rms/{name}/files")
+@router.get("/v1/rms/{name}/files", responses={200: {"content": {ARROW: {}}, "description": "the run's files as Arrow"},
+                                                 **errors(404)})
 async def pull_rm(svc: Svc, name: str) -> Response:
     if not await run_in_threadpool(svc.store.has_run, name):
         raise ApiError(404, f"no reward model named {name!r} is published here; GET /v1/rms lists them", None,
