@@ -49,16 +49,19 @@ def layer_arrays(t: pa.Table, info: VectorInfo) -> dict[int, np.ndarray]:
 
 
 def digests(t: pa.Table, info: VectorInfo) -> dict[str, bytes]:
-    """key -> digest of every row of a vector table (see the module docstring)."""
+    """key -> digest of every row of a vector table (see the module docstring).
+
+    Each layer is one contiguous buffer, hashed a row at a time through slices of a
+    byte memoryview (no numpy row object per row)."""
     arrays = layer_arrays(t, info)
-    order = sorted(arrays)
-    views = [arrays[layer].view(np.uint8) for layer in order]  # row i hashed through the buffer protocol
-    out = {}
+    views = [memoryview(np.ascontiguousarray(arrays[layer])).cast("B") for layer in sorted(arrays)]
+    width = info.dim * (2 if info.dtype == "float16" else 4)
     sha = hashlib.sha256
+    out = {}
     for i, k in enumerate(t.column("item_key").to_pylist()):
         h = sha(k.encode())
         for v in views:
-            h.update(v[i])
+            h.update(v[i * width:(i + 1) * width])
         out[k] = h.digest()
     return out
 
