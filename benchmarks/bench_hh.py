@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embrm import methods
 from embrm.extractor import DatasetSpec, EmbeddingSpec, ExtractConfig, RunOptions, extract
 from embrm.rm import TrainConfig, train
 from embrm.rm.metrics import aggregate
@@ -99,7 +100,7 @@ def main() -> None:
     w = minimize(nll, np.zeros(2)).x
     z = ((feats(te) - mu) / sd) @ w
     report("length: logistic on token counts", np.where(z == 0, 0.5, (z > 0) == te_y))
-    for method in ("bt", "clf", "linear"):
+    for method in [n for n in methods.builtin_names() if methods.get(n).tune_kind == "adam"]:
         t = time.perf_counter()
         m = train(x, tr, va, TrainConfig(method=method, ensemble=a.members, seed=a.seed))  # the defaults
         s = aggregate(m.score(x), "mean")

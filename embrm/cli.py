@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": "embrm.pipeline.cli:demo_cmd",
     "reproduce": "embrm.pipeline.cli:reproduce",
     "active": "embrm.pipeline.cli:active",
+    "bench": "embrm.pipeline.compare_cli:bench_cmd",
 }
 
 

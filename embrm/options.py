@@ -81,9 +81,37 @@ class ChoiceList(click.ParamType):
         return out
 
 
-# Reward-model methods as the commands offer them: embrm.rm.trainer.METHODS, named here
-# so that listing the commands does not import torch (a test checks the two agree).
-METHODS = ("bt", "clf", "linear", "lgbm", "logreg", "logreg-clf")
+class MethodParam(click.ParamType):
+    """A reward-model method: a name from the registry (:func:`embrm.methods.names`, which
+    imports no torch), or ``module:attr`` of a plug-in (imported and registered: the user
+    named it). ``many``: a comma-separated list of them."""
+
+    name = "method"
+
+    def __init__(self, many: bool = False):
+        self.many = many
+
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:
+        from embrm.methods import names
+
+        return ("[" + "|".join(names()) + "|module:attr]") + (",..." if self.many else "")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from embrm import methods
+
+        if isinstance(value, tuple) or (not self.many and value in methods.names()):
+            return value
+        out = [x.strip() for x in str(value).split(",")] if self.many else [str(value)]
+        if not all(out):
+            self.fail(f"{value!r}: give comma-separated methods, e.g. bt,logreg", param, ctx)
+        try:
+            got = tuple(methods.resolve(x) for x in out)
+        except EmbrmError as e:
+            self.fail(str(e), param, ctx)
+        return got if self.many else got[0]
+
+
+METHOD, METHOD_LIST = MethodParam(), MethodParam(many=True)
 
 
 class NamedRun(click.ParamType):

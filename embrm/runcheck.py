@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from embrm import runshapes
+from embrm import methods, runshapes
 from embrm.errors import EmbrmError
 from embrm.printable import printable
 
@@ -54,7 +54,7 @@ def _num(lo: float, hi: float, none: bool = False, open_lo: bool = False) -> tup
 #: The ``train`` section of ``config.json``: every key :class:`~embrm.rm.trainer.TrainConfig`
 #: has, its type and range (a test keeps the two in step). Format-1 runs may lack keys.
 TRAIN: dict[str, tuple[str, Any]] = {
-    "method": ("choice", runshapes.METHODS),
+    "method": ("method", None),  # a name the registry knows (embrm.methods)
     "ensemble": _int(1, MAX_MEMBERS),
     "hidden": ("hidden", None),
     "lr": _num(0, math.inf, open_lo=True),
@@ -79,7 +79,11 @@ LOG = {"epochs": int, "best_epoch": list, "val_loss": list, "seconds": (int, flo
 def _value(where: str, key: str, v: Any, kind: str, spec: Any) -> None:
     """One ``train`` value against its type and range; raises naming ``train.<key>``."""
     field = f"{where}: config.json train.{key}"
-    if kind == "choice":
+    if kind == "method":
+        if not isinstance(v, str) or not methods.known(v):
+            raise EmbrmError(f"{field} is {_show(v)}; expected one of {', '.join(methods.names())} (or a plug-in "
+                             "method this process has: entry point group embrm.methods, or $EMBRM_METHODS)")
+    elif kind == "choice":
         if v not in spec:
             raise EmbrmError(f"{field} is {_show(v)}; expected one of {', '.join(spec)}")
     elif kind == "bool":

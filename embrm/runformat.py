@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from embrm import __version__, runcheck, runshapes
+from embrm import __version__, methods, runcheck
 from embrm.errors import EmbrmError
 from embrm.printable import printable
 
@@ -113,20 +113,19 @@ def check_files(files: dict[str, Any], where: str) -> dict[str, Any]:
     train, dim = cfg["train"], cfg["dim"]
     _check_stats(files, train, dim, where)
     weights = {n for n in files if n == WEIGHTS or n.startswith("lgbm_")}
-    if train["method"] in runshapes.FILES:
-        want = set(runshapes.FILES[train["method"]](train, dim))
-        if weights != want:
-            name = sorted(want - weights or weights - want)[0]
-            raise EmbrmError(f"{where}: a {train['method']} run of {train['ensemble']} members holds "
-                             f"{', '.join(sorted(want))} and nothing else; {name} is "
-                             f"{'missing' if name in want else 'not one of them'}")
-        for name in sorted(want):
+    # what the method's files hold, from the method object (embrm.methods, the one registry):
+    # {file name: the exact shape of every tensor in it (safetensors), or None (LightGBM text)}
+    want = methods.get(train["method"]).files(train, dim)
+    if weights != set(want):
+        name = sorted(set(want) - weights or weights - set(want))[0]
+        raise EmbrmError(f"{where}: a {train['method']} run of {train['ensemble']} members holds "
+                         f"{', '.join(sorted(want))} and nothing else; {name} is "
+                         f"{'missing' if name in want else 'not one of them'}")
+    for name in sorted(want):
+        if want[name] is None:
             runcheck.check_lgbm(files[name], dim, where, name)
-    else:
-        if weights != {WEIGHTS}:
-            raise EmbrmError(f"{where}: a {train['method']} run holds its weights in {WEIGHTS} and nothing else "
-                             f"(found: {', '.join(sorted(weights)) or 'none'})")
-        runcheck.check_tensors(files[WEIGHTS], runshapes.TENSORS[train["method"]](train, dim), where, WEIGHTS)
+        else:
+            runcheck.check_tensors(files[name], want[name], where, name)
     return cfg
 
 
@@ -146,7 +145,8 @@ def read_files(run_dir: Path) -> dict[str, bytes]:
     Subdirectories (``eval-*``) and anything else stay behind."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise EmbrmError(f"{run_dir} is not a directory; pass the --out of `embrm train`")
+        raise EmbrmError(f"{run_dir} is not an embrm run directory (not a directory); pass the --out of "
+                         "`embrm train`")
     files = {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())
              if p.is_file() and not p.is_symlink() and FILE_NAME.fullmatch(p.name)}
     if CONFIG not in files:

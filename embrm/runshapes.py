@@ -12,12 +12,10 @@ check a run the same way (:mod:`embrm.runcheck` does the checking).
   default one);
 * :func:`lgbm_files`: ``lgbm``, one LightGBM text file per member.
 
-Each method's expectation is a plain function of ``(train, dim)`` so that it can move
-into a method object unchanged (:data:`TENSORS`, :data:`FILES` map method names to them).
+Each method object's ``files`` (:mod:`embrm.rm.methods`) calls the function of its family.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 Shapes = dict[str, tuple[int, ...]]
@@ -50,16 +48,6 @@ def linear_tensors(train: dict[str, Any], dim: int) -> Shapes:
 def lgbm_files(train: dict[str, Any], dim: int) -> list[str]:
     """``lgbm``: ``lgbm_0.txt`` .. ``lgbm_<M-1>.txt``, each a booster over ``dim`` features."""
     return [f"lgbm_{i}.txt" for i in range(train["ensemble"])]
-
-
-#: Methods whose weights are ``weights.safetensors``: the tensors each expects.
-TENSORS: dict[str, Callable[[dict[str, Any], int], Shapes]] = {
-    "bt": mlp_tensors, "clf": mlp_tensors,
-    "linear": linear_tensors, "logreg": linear_tensors, "logreg-clf": linear_tensors,
-}
-#: Methods whose weights are other files (one per member).
-FILES: dict[str, Callable[[dict[str, Any], int], list[str]]] = {"lgbm": lgbm_files}
-METHODS = (*TENSORS, *FILES)
 
 
 def count(shapes: Shapes) -> int:

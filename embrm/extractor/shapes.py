@@ -44,22 +44,34 @@ class Columns:
     reward: str = "reward"
     label: str = "label"
     messages: str = "messages"
+    winner: str = "winner"  # A/B records: which of a and b won (a/b, model_a/model_b, 1/2)
 
 
 #: The columns of a two-prompt pair (``embrm active select`` writes them).
 PAIR2 = ("prompt_a", "response_a", "prompt_b", "response_b")
 WINNER = "winner"
+#: A/B records of one prompt: the prompt column, these two, and a winner column (--winner-col).
+AB = ("response_a", "response_b")
+#: LLMBar / MT-Bench (LLMBar's processed form): ``input`` is the prompt, ``label`` 1 or 2 the better output.
+LLMBAR = ("input", "output_1", "output_2")
+_WINNER_SIDE = {"a": "a", "b": "b", "model_a": "a", "model_b": "b", "1": "a", "2": "b"}
 
 
 def detect_shape(rec: dict[str, Any], c: Columns) -> str:
     keys = set(rec)
     if c.messages in keys:
         return "messages"
-    if set(PAIR2) <= keys:
-        if WINNER not in keys:
-            raise EmbrmError(f"a two-prompt pair file needs a {WINNER!r} column ('a' or 'b'); its columns are "
-                             f"{sorted(keys)}")
-        return "pair2"
+    if set(LLMBAR) <= keys:
+        if c.label not in keys:
+            raise EmbrmError(f"LLMBar-style records ({', '.join(LLMBAR)}) need a {c.label!r} column (1 or 2, the "
+                             f"better output); its columns are {sorted(keys)}")
+        return "llmbar"
+    if set(PAIR2) <= keys or ({c.prompt, *AB} <= keys):
+        if c.winner not in keys:
+            what = "a two-prompt pair file" if set(PAIR2) <= keys else "an A/B record file"
+            raise EmbrmError(f"{what} needs a {c.winner!r} column ('a' or 'b'; name yours with --winner-col); its "
+                             f"columns are {sorted(keys)}")
+        return "pair2" if set(PAIR2) <= keys else "ab"
     if {c.chosen, c.rejected} <= keys:
         return "pairwise" if c.prompt in keys else "hh"
     if c.prompt in keys and c.responses in keys:
@@ -70,12 +82,14 @@ def detect_shape(rec: dict[str, Any], c: Columns) -> str:
         f"cannot tell the dataset's shape from its columns {sorted(keys)}: expected "
         f"({c.prompt}, {c.chosen}, {c.rejected}), ({c.chosen}, {c.rejected}) transcripts, "
         f"({c.prompt}, {c.responses}), ({c.prompt}, {c.response}), {c.messages} or "
-        f"({', '.join(PAIR2)}, {WINNER}); "
+        f"({', '.join(PAIR2)}, {c.winner}), ({c.prompt}, {', '.join(AB)}, {c.winner}) or ({', '.join(LLMBAR)}, "
+        f"{c.label}); "
         "map your names with --prompt-col, --chosen-col, ..."
     )
 
 
-KIND_OF_SHAPE = {"pairwise": "pairwise", "hh": "pairwise", "pair2": "pairwise", "multi": "multi",
+KIND_OF_SHAPE = {"pairwise": "pairwise", "hh": "pairwise", "pair2": "pairwise", "ab": "pairwise", "llmbar": "pairwise",
+                 "multi": "multi",
                  "pointwise": "pointwise", "messages": "pointwise"}
 
 
@@ -216,16 +230,23 @@ def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns) -> list[di
         _something(p, rj, i)
         return [_row(p, ch, "chosen", 1.0, None), _row(p, rj, "rejected", 0.0, None)]
     if shape == "pair2":
-        won = rec[WINNER].strip().lower() if isinstance(rec[WINNER], str) else rec[WINNER]
-        if won not in ("a", "b"):
-            raise BadRecord(f"record {i}: {WINNER} must be 'a' or 'b', got {repr(rec[WINNER])[:40]}; label the pair, "
-                            "or pass --skip-bad-rows to leave unlabelled pairs out")
-        win, lose = ("a", "b") if won == "a" else ("b", "a")
+        win, lose = _winner(rec[c.winner], c.winner, i)
         pw, rw_, pl, rl = (_text(rec[f"{col}_{side}"], f"{col}_{side}", i)
                            for side in (win, lose) for col in ("prompt", "response"))
         _something(pw, rw_, i)
         _something(pl, rl, i)
         return [_row(pw, rw_, "chosen", 1.0, None), _row(pl, rl, "rejected", 0.0, None)]
+    if shape in ("ab", "llmbar"):
+        if shape == "ab":
+            win, lose = _winner(rec[c.winner], c.winner, i)
+            p, ch, rj = rec[c.prompt], rec[f"response_{win}"], rec[f"response_{lose}"]
+        else:
+            first = _label12(rec[c.label], c.label, i)
+            p, ch, rj = rec["input"], rec["output_1" if first else "output_2"], rec["output_2" if first else "output_1"]
+        p, ch, rj = _text(p, "prompt", i), _text(ch, "chosen output", i), _text(rj, "rejected output", i)
+        _something(p, ch, i)
+        _something(p, rj, i)
+        return [_row(p, ch, "chosen", 1.0, None), _row(p, rj, "rejected", 0.0, None)]
     if shape == "multi":
         p = _text(rec[c.prompt], c.prompt, i)
         rs = rec[c.responses]
@@ -245,6 +266,23 @@ def _record_rows(rec: dict[str, Any], i: int, shape: str, c: Columns) -> list[di
         p, r = _text(rec[c.prompt], c.prompt, i), _text(rec[c.response], c.response, i)
     _something(p, r, i)
     return [_row(p, r, "", _num(rec.get(c.label), c.label, i), _num(rec.get(c.reward), c.reward, i))]
+
+
+def _winner(v: Any, col: str, i: int) -> tuple[str, str]:
+    """(winning side, losing side) of an A/B record's winner value."""
+    side = _WINNER_SIDE.get(str(v).strip().lower()) if isinstance(v, (str, int)) and not isinstance(v, bool) else None
+    if side is None:
+        raise BadRecord(f"record {i}: {col} must be 'a' or 'b', got {repr(v)[:40]} (model_a/model_b and 1/2 "
+                        "also name a side); label the pair, or pass --skip-bad-rows to leave it out")
+    return (side, "b" if side == "a" else "a")
+
+
+def _label12(v: Any, col: str, i: int) -> bool:
+    """True where an LLMBar label says output 1 is the better one, False for output 2."""
+    if isinstance(v, bool) or str(v).strip() not in ("1", "2", "1.0", "2.0"):
+        raise BadRecord(f"record {i}: {col} must be 1 or 2 (the better output), got {repr(v)[:40]}; fix the "
+                        "record, or pass --skip-bad-rows to leave it out")
+    return str(v).strip() in ("1", "1.0")
 
 
 def _row(prompt: str, response: str, role: str, label: float | None, reward: float | None) -> dict[str, Any]:

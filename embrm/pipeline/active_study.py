@@ -68,6 +68,12 @@ class ActiveStudyConfig:
             raise EmbrmError("--rounds, --per-round, --seeds and --prompts-per-round must be positive")
         if self.pairs not in ("within", "cross"):
             raise EmbrmError(f"unknown pair mode {self.pairs!r}; use within or cross")
+        from embrm import methods
+
+        if methods.get(self.method).tune_kind != "adam":
+            adam = ", ".join(n for n in methods.names() if methods.get(n).tune_kind == "adam")
+            raise EmbrmError(f"the active study trains by the AdamW loop, which {self.method} does not use; pick "
+                             f"one of {adam}")
         if "disagreement" in self.rules and self.members < 2:
             raise EmbrmError("the disagreement rule needs an ensemble: --members 2 or more")
 

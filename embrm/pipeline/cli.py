@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from embrm.extractor.cli import dataset_options, dataset_spec
-from embrm.options import FINITE, FLOATS, METHODS, NS, SIZES, ChoiceList, store_option
+from embrm.options import FINITE, FLOATS, METHOD, METHOD_LIST, NS, SIZES, ChoiceList, store_option
+from embrm.pipeline.compare_cli import compare_cmd as _compare_cmd
 from embrm.rm.rules import RULES as RULE_NAMES
 
 
@@ -108,7 +109,7 @@ def reproduce() -> None:
 @click.option("--members", type=int, default=5, show_default=True)
 @click.option("--qualities", type=FLOATS, default="-1,10,1,0.3", show_default=True,
               help="Annotation qualities (beta); -1 is perfect.")
-@click.option("--methods", type=ChoiceList(METHODS), default="bt,clf", show_default=True)
+@click.option("--methods", type=METHOD_LIST, default="bt,clf", show_default=True)
 @click.option("--hidden", type=SIZES, default="1024,512", show_default=True)
 @click.option("--bon", type=NS, default=None, help="N values (default: 1..500 capped at K).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -133,7 +134,7 @@ def reproduce_ensemble_cmd(model_key, dataset_key, out, members, qualities, meth
 @reproduce.command("layers")
 @click.option("--model-key", required=True, help="A model entry extracted with several layers (--layers).")
 @click.option("--dataset-key", required=True)
-@click.option("--methods", type=ChoiceList(METHODS), default="logreg,bt", show_default=True)
+@click.option("--methods", type=METHOD_LIST, default="logreg,bt", show_default=True)
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Cross-validation folds, disjoint in prompts.")
 @click.option("--members", type=click.IntRange(min=1), default=1, show_default=True, help="Ensemble size.")
@@ -255,7 +256,8 @@ def rerank_cmd(run_dir, out, aggregation, coef, force, **kw) -> None:
               help="Prompts drawn a round to build candidates from.")
 @click.option("--candidates", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Candidate pairs a round (within: at most every pair of the drawn prompts).")
-@click.option("--method", type=click.Choice(["bt", "clf", "linear"]), default="bt", show_default=True)
+@click.option("--method", type=METHOD, default="bt", show_default=True,
+              help="A method trained by the AdamW loop (it warm-starts each round from the last).")
 @click.option("--hidden", type=SIZES, default="64", show_default=True)
 @click.option("--members", type=click.IntRange(min=1), default=4, show_default=True,
               help="Ensemble size of every rule's model (disagreement needs 2 or more).")
@@ -323,3 +325,6 @@ def active_select_cmd(run_dir, model_key, dataset_key, budget, rule, pairs, cand
     click.echo(f"rule     {r['rule']}: selected {r['selected']} in {r['seconds']:.2f} s")
     click.echo(f"wrote    {r['out']}: fill `winner` with a or b, then `embrm extract --dataset {r['out']}` "
                "(same model options as the pool) and `embrm train`")
+
+
+reproduce.add_command(_compare_cmd)

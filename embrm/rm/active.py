@@ -70,8 +70,8 @@ def item_features(model: RewardModel, x: np.ndarray, chunk: int = 8192) -> tuple
     import torch
 
     if model.net is None:
-        raise EmbrmError("dopt needs the last layer of an MLP or linear reward model; LightGBM has none "
-                         "(train with --method bt, clf, linear or logreg)")
+        raise EmbrmError(f"dopt needs the last layer of an MLP or linear reward model; a {model.config.method} "
+                         "run has none (train a net-based method such as bt or logreg)")
     net = model.net
     device = next(net.parameters()).device
     w = net.last_layer().float().cpu().numpy()

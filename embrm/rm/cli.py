@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from embrm.options import FINITE, METHODS, NS, SIZES, store_option
+from embrm.options import FINITE, METHOD, NS, SIZES, store_option
 
 STORE = store_option
 
@@ -18,8 +18,9 @@ def ns_list(bon: tuple[int, ...] | None) -> list[int] | None:
 @click.command("train")
 @click.option("--model-key", required=True, help="Model name, hash or hash prefix in the store.")
 @click.option("--dataset-key", required=True, help="Dataset name, hash or hash prefix in the store.")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Model family [default: bt; with --tune: chosen among logreg, logreg-clf, linear, bt and clf].")
+@click.option("--method", type=METHOD, default=None,
+              help="Model family, or a plug-in as module:attr [default: bt; with --tune: chosen among every "
+                   "method with a grid].")
 @click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
               help="Members, trained together.")
 @click.option("--annotation-quality", type=FINITE, default=-1.0, show_default=True,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from embrm import methods as registry
 from embrm.errors import EmbrmError
 from embrm.paths import output_dir, output_file
 from embrm.rm.evaluate import evaluate_multi, evaluate_pairs, table
@@ -21,9 +22,6 @@ from embrm.rm.plots import bon_curves, calibration
 from embrm.rm.run import load_run, save_run, write_json
 from embrm.rm.trainer import RewardModel, TrainConfig, config_dict, train
 from embrm.store.loader import Embeddings
-
-# Methods whose saved model refits on training + validation (embrm.rm.logreg).
-REFITS = ("logreg", "logreg-clf")
 
 
 @dataclass
@@ -201,7 +199,7 @@ def eval_from_store(run_dir: Path, store: Any, dataset_key: str, ns: list[int] |
     ds = from_embeddings(emb)
     if emb.entry.dataset_hash == cfg["dataset_hash"]:
         prompts, split = np.array(cfg["val_prompts"], dtype=int), "validation"
-        if cfg["train"]["method"] in REFITS:
+        if registry.get(cfg["train"]["method"]).refits:
             split = "refitted-on validation"  # logreg's final fit has seen these prompts: not a held-out score
     else:
         prompts, split = np.arange(ds.n_prompts), "all"

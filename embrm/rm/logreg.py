@@ -221,14 +221,13 @@ class LogregFit:
 
 
 def fit_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
-               std: Standardizer | None) -> LogregFit:
+               std: Standardizer | None, pointwise: bool = False) -> LogregFit:
     """Choose lambda on ``vp`` (unless ``cfg.l2`` is set), refit on ``tp`` + ``vp``.
 
     The fit on ``tp`` alone is kept too (``held_net``): the refit has seen the validation
     pairs, so metrics on them must come from the model that has not.
     """
     t0 = time.perf_counter()
-    pointwise = cfg.method == "logreg-clf"
     z = prepare(x, std)
     dim = z.shape[1]
     path = lambda_path(z, tp, vp, pointwise, (cfg.l2,) if cfg.l2 is not None else LAMBDAS)

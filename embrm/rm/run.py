@@ -23,11 +23,10 @@ import torch
 from safetensors.torch import load, save_file
 
 from embrm import __version__
-from embrm.errors import EmbrmError
-from embrm.rm.models import EnsembleMLP
+from embrm import methods as registry
 from embrm.rm.standardize import Standardizer
-from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict, net_shape
-from embrm.runformat import CONFIG, RUN_FORMAT, STATS, WEIGHTS, check_config, read_config, read_files
+from embrm.rm.trainer import RewardModel, TrainConfig, TrainLog, config_dict
+from embrm.runformat import CONFIG, RUN_FORMAT, STATS, check_config, read_config, read_files
 
 __all__ = ["load_run", "read_config", "save_run", "write_json"]
 
@@ -38,12 +37,7 @@ def save_run(out: Path, model: RewardModel, extra: dict[str, Any]) -> Path:
     cfg = {"run_format": RUN_FORMAT, "embrm_version": __version__, "dim": model.dim,
            "train": config_dict(model.config),
            "log": asdict(model.log), **extra}
-    if model.net is not None:
-        save_file({k: v.contiguous().cpu() for k, v in model.net.state().items()}, str(out / WEIGHTS))
-    else:
-        assert model.boosters is not None
-        for i, b in enumerate(model.boosters):
-            (out / f"lgbm_{i}.txt").write_text(b.model_to_string())
+    registry.get(model.config.method).save(model, out)
     if model.standardizer is not None:
         save_file(model.standardizer.tensors(), str(out / STATS))
     else:
@@ -64,29 +58,7 @@ def load_run(run_dir: Path) -> tuple[RewardModel, dict[str, Any]]:
     tc = TrainConfig(**t)
     log = TrainLog(**cfg.get("log", {}))
     std = Standardizer.from_tensors(load(files[STATS])) if STATS in files else None
-    if tc.method == "lgbm":
-        return RewardModel(tc, cfg["dim"], boosters=_boosters(files, tc.ensemble, run_dir), log=log,
-                           standardizer=std), cfg
-    hidden, bias = net_shape(tc)
-    net = EnsembleMLP(tc.ensemble, cfg["dim"], hidden, bias=bias)
-    net.load_state(load(files[WEIGHTS]))
-    net.eval()
-    return RewardModel(tc, cfg["dim"], net=net, log=log, standardizer=std), cfg
-
-
-def _boosters(files: dict[str, bytes], members: int, run_dir: Path) -> list[Any]:
-    try:
-        import lightgbm as lgb
-    except ImportError:
-        raise EmbrmError("this run is a LightGBM model: `pip install lightgbm` to load it") from None
-    out = []
-    for i in range(members):
-        try:
-            out.append(lgb.Booster(model_str=files[f"lgbm_{i}.txt"].decode("ascii")))
-        except lgb.basic.LightGBMError as e:  # checked already; whatever LightGBM still finds is the run's fault
-            raise EmbrmError(f"{run_dir}: lgbm_{i}.txt is not a model LightGBM can read "
-                             f"({str(e).splitlines()[0][:120] if str(e) else 'LightGBMError'})") from None
-    return out
+    return registry.get(tc.method).load(files, tc, cfg["dim"], log, std, str(run_dir)), cfg
 
 
 def write_json(path: Path, obj: Any) -> None:

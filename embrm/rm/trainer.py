@@ -12,7 +12,7 @@ The training loop is written out here, not hidden in a framework:
 * each pair is seen once per epoch in one orientation (the Siamese BT loss is symmetric,
   so the seed code's second ordering adds nothing but time);
 * early stopping on validation loss, per member: each keeps its best epoch's weights;
-* features are standardised first where :data:`STANDARDIZE` (or the caller) says so, with
+* features are standardised first where the method (or the caller) says so, with
   statistics of the training items only (:mod:`embrm.rm.standardize`).
 
 Logistic regression is solved exactly instead (:mod:`embrm.rm.logreg`).
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from embrm import methods as registry
 from embrm.errors import EmbrmError
 from embrm.hardware import cpu_has_fast_bf16, resolve_device
 from embrm.rm.models import EnsembleMLP
@@ -34,11 +35,9 @@ from embrm.rm.optim import MemberAdamW
 from embrm.rm.pairs import Pairs
 from embrm.rm.standardize import Standardizer
 
-METHODS = ("bt", "clf", "linear", "lgbm", "logreg", "logreg-clf")
-# Whether a method standardises its features unless told otherwise (--standardize /
-# --no-standardize). Measured on HH-RLHF pairs, SmolLM2 vectors, 300 to 2,312 pairs
-# (benchmarks/bench_small_data.py, README "Standardised features"): PLACEHOLDER.
-STANDARDIZE = {"bt": False, "clf": False, "linear": False, "lgbm": False, "logreg": True, "logreg-clf": True}
+# Methods, and whether each standardises its features unless told otherwise
+# (--standardize / --no-standardize), are objects in one registry: embrm.methods
+# (the built-in ones in embrm.rm.methods).
 
 
 # The batch adapts to the data (see batch_for): at least MIN_STEPS_PER_EPOCH optimiser
@@ -67,16 +66,15 @@ class TrainConfig:
     member_group: int = 0  # members per batched matmul; 0: as many as fit the CPU cache
     lgbm_rounds: int = 500
     device: str = "auto"  # auto: cuda, else mps, where torch sees one; else cpu (hardware.resolve_device)
-    standardize: bool | None = None  # None: the method's default (STANDARDIZE)
+    standardize: bool | None = None  # None: the method's default (its ``standardize``)
     l2: float | None = None  # logreg's lambda; None: chosen on the validation split (logreg.LAMBDAS)
 
     @property
     def standardizes(self) -> bool:
-        return STANDARDIZE[self.method] if self.standardize is None else self.standardize
+        return bool(registry.get(self.method).standardize) if self.standardize is None else self.standardize
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise EmbrmError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        registry.get(self.method)  # an unknown method: one line naming the known ones
         if self.ensemble < 1:
             raise EmbrmError("--ensemble must be at least 1")
         if (self.batch_size is not None and self.batch_size < 1) or self.max_epochs < 1 or self.lr <= 0 \
@@ -91,11 +89,9 @@ class TrainConfig:
 
 
 def net_shape(cfg: TrainConfig) -> tuple[tuple[int, ...], bool]:
-    """Hidden sizes and whether there are biases: linear methods have no hidden layer, and
-    a Bradley-Terry linear model no bias (it would cancel in every difference)."""
-    if cfg.method in ("linear", "logreg", "logreg-clf"):
-        return (), cfg.method == "logreg-clf"
-    return tuple(cfg.hidden), True
+    """Hidden sizes and whether there are biases, as the method says (linear methods have
+    no hidden layer, and a Bradley-Terry linear model no bias)."""
+    return registry.get(cfg.method).net_shape(cfg)
 
 
 def batch_for(n_pairs: int, cfg: TrainConfig) -> int:
@@ -131,6 +127,7 @@ class RewardModel:
     dim: int
     net: EnsembleMLP | None = None
     boosters: list[Any] | None = None
+    state: Any = None  # a plug-in method's own model, where it is neither a net nor boosters
     log: TrainLog = field(default_factory=TrainLog)
     standardizer: Standardizer | None = None
     # The model that validation metrics describe, where it is not this one: logreg refits
@@ -147,17 +144,12 @@ class RewardModel:
         if x.shape[1] != self.dim:
             raise EmbrmError(f"embeddings have dim {x.shape[1]} but the reward model was trained on dim {self.dim}")
         out = np.empty((self.members, len(x)), np.float32)
-        device = next(self.net.parameters()).device if self.net is not None else None
-        with torch.inference_mode():
-            for s in range(0, len(x), chunk):  # chunks: a standardised copy is never bigger than one
-                xb = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
-                if self.standardizer is not None:
-                    xb = self.standardizer.apply(xb)
-                if self.boosters is not None:
-                    out[:, s:s + chunk] = np.stack([b.predict(xb, raw_score=True) for b in self.boosters])
-                else:
-                    assert self.net is not None
-                    out[:, s:s + chunk] = self.net(torch.from_numpy(xb).to(device)).float().cpu().numpy()
+        method = registry.get(self.config.method)
+        for s in range(0, len(x), chunk):  # chunks: a standardised copy is never bigger than one
+            xb = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
+            if self.standardizer is not None:
+                xb = self.standardizer.apply(xb)
+            out[:, s:s + chunk] = method.score(self, xb)
         return out
 
 
@@ -265,25 +257,28 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     for p in (train_pairs, val_pairs):
         if max(p.a.max(), p.b.max()) >= len(x):
             raise EmbrmError("pairs refer to items beyond the embeddings array")
-    if init is not None and init.net is not None and cfg.method not in ("logreg", "logreg-clf", "lgbm"):
+    method = registry.get(cfg.method)
+    if init is not None and init.net is not None and method.warm_start:
         std = init.standardizer  # a warm start continues on the features its weights were trained on
     else:
         std = Standardizer.fit(x, train_pairs) if cfg.standardizes else None
     cfg = replace(cfg, standardize=std is not None)  # the run records what was done, not "default"
-    if cfg.method in ("logreg", "logreg-clf"):
-        return _train_logreg(x, train_pairs, val_pairs, cfg, std)
-    if cfg.method == "lgbm":
-        model = _train_lgbm(std.apply(x) if std is not None else x, train_pairs, val_pairs, cfg)
-        model.standardizer = std
-        return model
+    return method.train(x, train_pairs, val_pairs, cfg, std, members, init)
+
+
+def train_net(x: np.ndarray | torch.Tensor, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
+              std: Standardizer | None, shape: tuple[tuple[int, ...], bool], clf_loss: bool,
+              members: MemberSettings | None = None, init: RewardModel | None = None) -> RewardModel:
+    """The AdamW loop of an :class:`EnsembleMLP` of ``shape`` (hidden sizes, bias), on the
+    BT loss or (``clf_loss``) CLF's, or per member as ``members`` says."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    hidden, bias = net_shape(cfg)
+    hidden, bias = shape
     net = EnsembleMLP(cfg.ensemble, x.shape[1], hidden, seed=cfg.seed, bias=bias).to(device)
     if init is not None and init.net is not None:
         net.load_state(init.net.state())
     params = [p for p in net.parameters() if p.requires_grad]
-    clf = torch.full((cfg.ensemble,), True, device=device) if cfg.method == "clf" else None
+    clf = torch.full((cfg.ensemble,), True, device=device) if clf_loss else None
     if members is None:
         # fused: one kernel per parameter tensor instead of a dozen elementwise passes,
         # about 5x faster a step on CPU, and the same update
@@ -352,14 +347,14 @@ def train(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig,
     return RewardModel(cfg, x.shape[1], net=net, log=log, standardizer=std)
 
 
-def _train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
-                  std: Standardizer | None) -> RewardModel:
+def train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: TrainConfig,
+                 std: Standardizer | None, pointwise: bool) -> RewardModel:
     """The exact logistic regression of :mod:`embrm.rm.logreg` as a model: the refit on
     training + validation pairs, whose ``validation_model`` is the fit on training pairs
     alone."""
     from embrm.rm.logreg import fit_logreg
 
-    fit = fit_logreg(x, tp, vp, cfg, std)
+    fit = fit_logreg(x, tp, vp, cfg, std, pointwise)
     out_cfg = replace(cfg, l2=fit.l2, bootstrap=cfg.ensemble > 1, hidden=())
     log = TrainLog(epochs=1, best_epoch=[1] * cfg.ensemble, val_loss=[fit.val_loss] * cfg.ensemble,
                    seconds=fit.seconds, steps=fit.steps, l2_path=fit.path)
@@ -367,7 +362,7 @@ def _train_logreg(x: np.ndarray | torch.Tensor, tp: Pairs, vp: Pairs, cfg: Train
     return RewardModel(out_cfg, fit.net.dim, net=fit.net, log=log, standardizer=std, validation_model=held)
 
 
-def _train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> RewardModel:
+def train_lgbm(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> RewardModel:
     """LightGBM classifier on single responses (winner 1, loser 0), as the seed paper's."""
     try:
         import lightgbm as lgb

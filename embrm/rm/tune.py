@@ -32,13 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from embrm import methods as registry
 from embrm.errors import EmbrmError
 from embrm.rm.logreg import LAMBDAS, lambda_path, prepare
 from embrm.rm.pairs import Pairs
 from embrm.rm.standardize import Standardizer
 from embrm.rm.trainer import MemberSettings, TrainConfig, train
 
-FAMILIES = ("logreg", "logreg-clf", "linear", "bt", "clf")
+# The seed-size MLP's smaller (learning rate, weight decay) grid: 18 of its members were
+# 57% of a whole grid's time (512 HH pairs).
+SMALLER = {(1024, 512): ((3e-4, 1e-3), (0.0, 0.1))}
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,21 @@ class Grid:
     were 57% of a whole grid's time (512 HH pairs), and on a few thousand pairs it did
     not lead the narrower MLPs or the linear models (README, "Small data")."""
 
-    l2: tuple[float, ...] = LAMBDAS  # logreg and logreg-clf
-    blocks: tuple[Block, ...] = (Block((), ("linear",)), Block((64,), ("bt", "clf")), Block((256,), ("bt", "clf")),
-                                 Block((1024, 512), ("bt",), (3e-4, 1e-3), (0.0, 0.1)))
-    families: tuple[str, ...] = FAMILIES
+    l2: tuple[float, ...] = LAMBDAS  # the "lambda" methods (logreg, logreg-clf)
+    blocks: tuple[Block, ...] | None = None  # None: from the methods' tune_widths (default_blocks)
+    families: tuple[str, ...] | None = None  # None: every method with a tune_kind (embrm.methods.tunable)
+
+
+def default_blocks(families: tuple[str, ...]) -> tuple[Block, ...]:
+    """One block per width that some "adam" method lists in its ``tune_widths``, holding
+    every such method that lists it (BT and CLF of one width share a batched ensemble)."""
+    widths: dict[tuple[int, ...], list[str]] = {}
+    for name in families:
+        m = registry.get(name)
+        if m.tune_kind == "adam":
+            for w in m.tune_widths:
+                widths.setdefault(tuple(w), []).append(name)
+    return tuple(Block(w, tuple(ms), *SMALLER.get(w, ())) for w, ms in widths.items())
 
 
 def _row(method: str, standardize: bool, val_loss: float, seconds: float, lr: float | None = None,
@@ -76,7 +90,7 @@ def _logreg_path(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, grid: Gr
     """One solve per lambda of the grid, each on the training pairs, judged on validation."""
     t0 = time.perf_counter()
     std = Standardizer.fit(x, tp) if cfg.standardizes else None
-    path = lambda_path(prepare(x, std), tp, vp, cfg.method == "logreg-clf", grid.l2)
+    path = lambda_path(prepare(x, std), tp, vp, registry.get(cfg.method).net_shape(cfg)[1], grid.l2)
     seconds = time.perf_counter() - t0
     return [_row(cfg.method, cfg.standardizes, r["val_loss"], seconds, l2=r["l2"]) for r in path]
 
@@ -86,12 +100,20 @@ def _adam_grid(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig, methods: l
     """Every (method, learning rate, weight decay) of a block as one batched ensemble."""
     combos = list(product(methods, block.lr, block.weight_decay))
     hidden = block.hidden
-    c = replace(cfg, method="linear" if not hidden else "bt", ensemble=len(combos), hidden=hidden, bootstrap=False)
+    c = replace(cfg, method=methods[0], ensemble=len(combos), hidden=hidden, bootstrap=False)
     model = train(x, tp, vp, c, MemberSettings(lr=np.array([lr for _, lr, _ in combos]),
                                                weight_decay=np.array([wd for _, _, wd in combos]),
-                                               clf=np.array([m == "clf" for m, _, _ in combos])))
+                                               clf=np.array([registry.get(m).clf_loss for m, _, _ in combos])))
     return [_row(m, c.standardizes, loss, model.log.seconds, lr, wd, hidden, best_epoch=epoch)
             for (m, lr, wd), loss, epoch in zip(combos, model.log.val_pair_loss, model.log.best_epoch)]
+
+
+def _one_fit(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """A method with no grid of its own (a plug-in): one fit, judged like every setting."""
+    model = train(x, tp, vp, cfg)
+    held = model.validation_model or model
+    return [_row(cfg.method, model.config.standardizes, held.log.val_pair_loss[0] if held.log.val_pair_loss
+                 else held.log.val_loss[0], held.log.seconds)]
 
 
 def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid = Grid(),
@@ -101,21 +123,26 @@ def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, 
     ``families`` restricts the search (``embrm train --tune --method bt`` tunes BT alone);
     each family standardises its features as ``cfg.standardize`` says, or by its default.
     """
-    families = tuple(families or grid.families)
-    if "lgbm" in families:
-        raise EmbrmError("--tune covers bt, clf, linear and logreg; LightGBM has its own early stopping")
+    families = tuple(families or grid.families or registry.tunable())
+    untunable = [f for f in families if registry.get(f).tune_kind is None]
+    if untunable:
+        why = getattr(registry.get(untunable[0]), "untuned_because", "it has no grid")
+        raise EmbrmError(f"--tune does not cover {', '.join(untunable)} ({why}); tune {', '.join(registry.tunable())}")
     results: list[dict[str, Any]] = []
-    for method in ("logreg", "logreg-clf"):
-        if method in families:
+    for method in families:
+        kind = registry.get(method).tune_kind
+        if kind == "lambda":
             results += _logreg_path(x, train_pairs, val_pairs, replace(cfg, method=method, ensemble=1), grid)
-    for block in grid.blocks:
+        elif kind == "fit":
+            results += _one_fit(x, train_pairs, val_pairs, replace(cfg, method=method, ensemble=1))
+    for block in grid.blocks if grid.blocks is not None else default_blocks(families):
         methods = [m for m in block.methods if m in families]
         # the methods of a block share its batched ensemble where they see the same features
         for standardize in sorted({replace(cfg, method=m).standardizes for m in methods}):
             same = [m for m in methods if replace(cfg, method=m).standardizes == standardize]
             results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, standardize=standardize), same, block)
     if not results:
-        raise EmbrmError(f"nothing to tune: families {', '.join(families)}; use {', '.join(FAMILIES)}")
+        raise EmbrmError(f"nothing to tune: families {', '.join(families)}; use {', '.join(registry.tunable())}")
     best = min(results, key=lambda r: r["val_loss"])
     chosen = replace(cfg, method=best["method"], standardize=best["standardize"], l2=best["l2"],
                      lr=best["lr"] if best["lr"] is not None else cfg.lr,
