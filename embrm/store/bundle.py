@@ -43,6 +43,12 @@ MANIFEST = "embrm-entry.json"
 CROISSANT = "croissant.json"
 FORMAT, FORMAT_VERSION = "embrm-bundle", 1
 ROWS_FILE, VECTORS_FILE = "rows/rows-00000.parquet", "vectors/vectors-00000.parquet"
+#: The vectors file: random keys and float vectors gain nothing from dictionaries or
+#: snappy (both cost a pass over every byte on write and read) or from min/max
+#: statistics; large row groups keep each layer's values in long contiguous pages.
+VECTOR_PARQUET = {"compression": "none", "use_dictionary": False, "write_statistics": False,
+                  "data_page_size": 8 << 20}
+VECTOR_GROUP_ROWS = 16384
 
 
 def sha256_file(path: Path) -> str:
@@ -91,10 +97,10 @@ def _write_parts(source: EntrySource, tmp: Path) -> dict[str, Any]:
             parts.append(t.replace_schema_metadata(None))
         if parts:
             whole = pa.concat_tables(parts).sort_by("item_key")
-            for s in range(0, len(whole), 65536):
-                yield whole.slice(s, 65536)
+            for s in range(0, len(whole), VECTOR_GROUP_ROWS):
+                yield whole.slice(s, VECTOR_GROUP_ROWS)
 
-    write_parquet(tmp / VECTORS_FILE, vector_tables())
+    write_parquet(tmp / VECTORS_FILE, vector_tables(), **VECTOR_PARQUET)
     records = source.records()
     files = {}
     for name, rows in ((ROWS_FILE, e.n_rows), (VECTORS_FILE, len(keyed))):

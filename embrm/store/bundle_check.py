@@ -160,11 +160,14 @@ def check_rows(root: Path, m: dict[str, Any]) -> pa.Table:
         if t.column(name).null_count:
             raise _bad(f"{ROWS_FILE} has a row without {name}")
     hasher, bad = DatasetHasher(), []
-    for b in t.to_batches(SCAN_ROWS):
-        for r in b.to_pylist():
-            if item_key(r["prompt"], r["response"]) != r["item_key"]:
-                bad.append(r["position"])
-            hasher.update({k: r[k] for k in S.UPLOAD_SCHEMA.names})
+    names = S.UPLOAD_SCHEMA.names
+    for b in t.to_batches(SCAN_ROWS):  # columns as lists, zipped: no per-row dict of every column
+        cols = {n: b.column(n).to_pylist() for n in (*names, "item_key", "position")}
+        for pos, key, prompt, response, *rest in zip(cols["position"], cols["item_key"], cols["prompt"],
+                                                     cols["response"], *(cols[n] for n in names)):
+            if item_key(prompt, response) != key:
+                bad.append(pos)
+            hasher.update(dict(zip(names, rest)))
     if bad:
         raise _bad(f"{len(bad)} row(s) have item keys that are not the hash of their texts (rows "
                    f"{', '.join(map(str, bad[:SHOWN]))}{' ...' if len(bad) > SHOWN else ''}): texts or keys changed")
@@ -225,8 +228,9 @@ class BundleSource(EntrySource):
         return self._vectors.column("item_key").combine_chunks()
 
     def vectors(self, want: pa.Array | None = None) -> Iterator[pa.Table]:
-        t = self._vectors if want is None else self._vectors.filter(pc.is_in(self._vectors.column("item_key"),
-                                                                              value_set=want))
+        t = self._vectors  # every key unless fewer are wanted (``want`` holds keys of these vectors)
+        if want is not None and len(want) < len(t):
+            t = t.filter(pc.is_in(t.column("item_key"), value_set=want))
         for s in range(0, len(t), SCAN_ROWS):
             yield t.slice(s, SCAN_ROWS)
 

@@ -67,8 +67,9 @@ def _parquet_table(b: Any, dim: int) -> pa.Table:
     return t.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
 
 
-def write_parquet(out: str | Path, tables: Iterable[pa.Table]) -> Path:
-    """Stream tables into one Parquet file that appears whole or not at all."""
+def write_parquet(out: str | Path, tables: Iterable[pa.Table], **options: Any) -> Path:
+    """Stream tables into one Parquet file that appears whole or not at all; ``options``
+    go to :class:`pyarrow.parquet.ParquetWriter`."""
     import pyarrow.parquet as pq
 
     out = Path(out)
@@ -78,7 +79,7 @@ def write_parquet(out: str | Path, tables: Iterable[pa.Table]) -> Path:
     try:
         for t in tables:
             if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
+                writer = pq.ParquetWriter(tmp, t.schema, **options)
             writer.write_table(t)
         if writer is not None:
             writer.close()

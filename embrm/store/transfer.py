@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from embrm.store.service import ServiceStore
 
 SCAN_ROWS = 8192
+#: A service entry of one layer up to this many vector bytes is pulled once for a copy.
+KEEP_PULLED_BYTES = 1 << 30
 
 
 def layer_arrays(t: pa.Table, info: VectorInfo) -> dict[int, np.ndarray]:
@@ -42,23 +44,27 @@ def layer_arrays(t: pa.Table, info: VectorInfo) -> dict[int, np.ndarray]:
     np_dtype = np.float16 if info.dtype == "float16" else np.float32
     out = {}
     for layer in info.layers:
-        col = t.column(S.layer_column(layer)).combine_chunks()
+        col = t.column(S.layer_column(layer))  # one chunk (a slice, a scan's batch) is read in place
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
         flat = col.flatten().to_numpy(zero_copy_only=False)
         out[layer] = np.ascontiguousarray(flat, dtype=np_dtype).reshape(len(t), info.dim)
     return out
 
 
 def digests(t: pa.Table, info: VectorInfo) -> dict[str, bytes]:
-    """key -> digest of every row of a vector table (see the module docstring)."""
+    """key -> digest of every row of a vector table (see the module docstring).
+
+    Each layer is one contiguous buffer, hashed a row at a time through slices of a
+    byte memoryview (no numpy row object per row)."""
     arrays = layer_arrays(t, info)
-    order = sorted(arrays)
-    views = [arrays[layer].view(np.uint8) for layer in order]  # row i hashed through the buffer protocol
-    out = {}
+    views = [memoryview(np.ascontiguousarray(arrays[layer])).cast("B") for layer in sorted(arrays)]
+    width = info.dim * (2 if info.dtype == "float16" else 4)
     sha = hashlib.sha256
+    out = {}
     for i, k in enumerate(t.column("item_key").to_pylist()):
         h = sha(k.encode())
         for v in views:
-            h.update(v[i])
+            h.update(v[i * width:(i + 1) * width])
         out[k] = h.digest()
     return out
 
@@ -167,14 +173,25 @@ class ServiceSource(EntrySource):
             raise EmbrmError(f"entry {e.model_name} x {e.dataset_name} has no vectors at {store.uri}")
         self.info = VectorInfo(e.dim, e.dtype, tuple(e.layers))
         self._prov: dict[str, Any] | None = None
+        self._pulled: list[pa.RecordBatch] | None = None  # the one layer's pull, kept by rows()
 
     def _pull(self, layer: int, texts: bool) -> Iterator[pa.RecordBatch]:
         with self.store._stream(self.entry, layer, allow_partial=True, texts=texts) as resp:
             yield from pa.ipc.open_stream(resp)
 
     def rows(self) -> Iterator[pa.Table]:
-        for b in self._pull(self.entry.layers[0], texts=True):
+        """The rows, from a pull of the first layer with texts. That pull carries the
+        layer's vectors too: an entry of one layer up to ``KEEP_PULLED_BYTES`` keeps them
+        (key, token facts, vector), so :meth:`vectors` need not pull the same bytes again."""
+        e = self.entry
+        keep = len(e.layers) == 1 and e.n_rows * e.dim * (2 if e.dtype == "float16" else 4) <= KEEP_PULLED_BYTES
+        kept: list[pa.RecordBatch] = []
+        for b in self._pull(e.layers[0], texts=True):
+            if keep:
+                kept.append(b.select(["item_key", "n_tokens", "truncated", "vector"]))
             yield pa.Table.from_batches([b]).select(S.ROW_SCHEMA.names).cast(S.ROW_SCHEMA)
+        if keep:  # the whole pull was read
+            self._pulled = kept
 
     def provenance(self) -> dict[str, Any]:
         if self._prov is None:
@@ -195,7 +212,8 @@ class ServiceSource(EntrySource):
             return
         ids = self.provenance()["ids"]
         wanted = set(want.to_pylist())
-        pulls = [self._pull(layer, texts=False) for layer in self.info.layers]
+        pulls = [iter(self._pulled)] if self._pulled is not None else \
+            [self._pull(layer, texts=False) for layer in self.info.layers]
         seen: set[str] = set()
         for parts in zip(*pulls):
             t0 = pa.Table.from_batches([parts[0]])
