@@ -7,9 +7,11 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -386,6 +388,21 @@ def test_service_extraction_records_provenance_and_copies_out_bit_for_bit(tmp_pa
         assert local.entry_provenance(e.model_hash, e.dataset_hash)["provenance"] == prov
         r = CliRunner().invoke(cli, ["store", "show", e.model_hash[:12], e.dataset_hash[:12], "--store", s.url])
         assert r.exit_code == 0 and "engine service" in r.output and "MIXED" not in r.output
+        # online misses (/v1/embed) are committed with the same provenance: an entry made of
+        # them afterwards finds every vector cached and every one of them accounted for
+        online = [{"prompt": f"Online {i}?", "response": f" reply {i}"} for i in range(6)]
+        status, body = s.post("/v1/embed", {"items": online})
+        assert status == 200
+        keys = pa.array([it["item_key"] for it in body["items"]])
+        deadline = time.monotonic() + 20  # the committer flushes every 0.2 s (tests/servers.py)
+        while len(open_store(s.url).missing_keys(e.model_hash, keys)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (tmp_path / "o.jsonl").write_text("".join(json.dumps(r) + "\n" for r in online))
+        r = CliRunner().invoke(cli, ["extract", "--dataset", str(tmp_path / "o.jsonl"), "--server", s.url, "--quiet"])
+        assert "computed 0 " in r.output, r.output
+        eo = next(x for x in open_store(s.url).entries() if x.dataset_hash != e.dataset_hash and x.kind != "served")
+        po = open_store(s.url).entry_provenance(eo.model_hash, eo.dataset_hash)["provenance"]
+        assert [p["facts"]["engine"] for p in po] == ["service"] and po[0]["vectors"] == 6, po
     finally:
         s.stop()
 

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,8 +40,12 @@ log = logging.getLogger("embrm.serve")
 
 class ServiceCache:
     def __init__(self, store: Store, model_hash: str, model_name: str, model_config: dict[str, Any],
-                 metrics: Metrics, settings: Settings, clip: Callable[[str, str], tuple[str, str]]):
+                 metrics: Metrics, settings: Settings, clip: Callable[[str, str], tuple[str, str]],
+                 provenance: Mapping[str, str] | None = None):
         self.store, self.model_hash, self.model_name, self.model_config = store, model_hash, model_name, model_config
+        # what online misses were computed with (versions, device, dtype, engine "service"):
+        # recorded beside them as a dataset job's or `embrm extract`'s vectors are
+        self.provenance = provenance
         self.clip = clip  # the served table keeps what was embedded, not a 30 MB input
         self.metrics = metrics
         self.commit_items, self.commit_seconds = settings.commit_items, settings.commit_seconds
@@ -141,7 +145,7 @@ class ServiceCache:
         layers = list(ivs[0].vectors)
         data = build_vector_table(keys, {layer: np.stack([iv.vectors[layer] for iv in ivs]) for layer in layers},
                                   np.array([iv.n_tokens for iv in ivs]), np.array([iv.truncated for iv in ivs]),
-                                  expect=self.store.vector_info(self.model_hash))
+                                  expect=self.store.vector_info(self.model_hash), provenance=self.provenance)
         self.store.commit_vectors(self.model_hash, data)
         texts = [self.clip(items[k][0], items[k][1]) for k in keys]
         self.store.record_served(self.model_hash, self.model_name, self.model_config, keys,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embrm.extractor.embedder import Embedder, EmbeddingSpec
+from embrm.extractor.provenance import extraction_facts
 from embrm.serve.app import create_app, wrap
 from embrm.serve.cache import ServiceCache
 from embrm.serve.jobs import Jobs
@@ -41,7 +42,7 @@ def build(spec: EmbeddingSpec, store_uri: str | None, device: str = "auto", batc
     embedder = Embedder(spec, device, batch_tokens).load()
     metrics = Metrics()
     cache = ServiceCache(store, embedder.model_hash, embedder.model_name, embedder.catalog_config(), metrics,
-                         settings, embedder.clip)
+                         settings, embedder.clip, extraction_facts(embedder, "service"))
     worker = ModelWorker(embedder, metrics, settings, on_computed=cache.computed)
     jobs = Jobs(store, embedder, worker, cache, metrics, settings)
     rewards = RewardModels(store, embedder.model_hash, embedder.spec.layers, embedder.dim, rms,
