@@ -16,47 +16,29 @@ and the body timeouts of ``/v1/datasets`` (:func:`~embrm.serve.uploads.body_to_f
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+import pyarrow as pa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from embrm.errors import EmbrmError
 from embrm.serve.deps import Svc
 from embrm.serve.errors import ApiError
+from embrm.serve.protocol.copies import Committed, Register, RegisteredEntry, VectorTableInfo, checked_model_hash
 from embrm.serve.protocol.entries import resolve
-from embrm.serve.service import Service
+from embrm.serve.protocol.errors import COMMON, errors, ok
 from embrm.serve.uploads import body_to_file
 from embrm.serve.vector_uploads import checked_vectors, info_json, read_keys
-from embrm.store.catalog import NAME_MAX
 from embrm.store.copy_in import dataset_info, register_entry
 from embrm.store.wire import ARROW, entry_json, to_ipc
 
-router = APIRouter()
-HASH = r"^[0-9a-f]{64}$"
+router = APIRouter(responses=COMMON)
+UPLOAD = errors(408, 413)  # bodies streamed under the upload limit and the body timeouts
 
 
-class Register(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model_hash: str = Field(pattern=HASH)
-    model_name: str = Field(max_length=NAME_MAX)
-    model_config_: dict[str, Any] = Field(alias="model_config", max_length=64)
-    dataset_hash: str = Field(pattern=HASH)
-    dataset_name: str = Field(max_length=NAME_MAX)
-    dataset_source: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=32)
-    kind: Literal["pairwise", "multi", "pointwise"]
-    n_rows: int = Field(ge=1)
-
-
-def _model(svc: Service, model_hash: str) -> str:
-    if len(model_hash) != 64 or any(c not in "0123456789abcdef" for c in model_hash):
-        raise ApiError(400, "the model hash must be 64 lowercase hex digits", "model_hash", "invalid_model_hash")
-    return model_hash
-
-
-@router.get("/v1/datasets/{dataset_hash}")
+@router.get("/v1/datasets/{dataset_hash}", responses=errors(404))
 async def get_dataset(svc: Svc, dataset_hash: str) -> dict[str, Any]:
     info = await run_in_threadpool(dataset_info, svc.store, dataset_hash.lower())
     if info is None:
@@ -64,7 +46,7 @@ async def get_dataset(svc: Svc, dataset_hash: str) -> dict[str, Any]:
     return info
 
 
-@router.post("/v1/entries/register")
+@router.post("/v1/entries/register", responses={**ok(RegisteredEntry), **errors(404)})
 async def register(svc: Svc, req: Register) -> dict[str, Any]:
     """The entry of an uploaded dataset under a model checked against its fingerprint parts."""
     try:
@@ -78,15 +60,17 @@ async def register(svc: Svc, req: Register) -> dict[str, Any]:
     return {"entry": entry_json(e)}
 
 
-@router.get("/v1/vectors/{model_hash}/info")
+@router.get("/v1/vectors/{model_hash}/info", responses=ok(VectorTableInfo))
 async def vector_info(svc: Svc, model_hash: str) -> dict[str, Any]:
-    return {"info": info_json(await run_in_threadpool(svc.store.vector_info, _model(svc, model_hash)))}
+    return {"info": info_json(await run_in_threadpool(svc.store.vector_info, checked_model_hash(model_hash)))}
 
 
-@router.post("/v1/vectors/{model_hash}/missing", response_model=None)
+@router.post("/v1/vectors/{model_hash}/missing", response_model=None,
+             responses={200: {"content": {ARROW: {}}, "description": "the missing keys as an Arrow IPC stream"},
+                        **UPLOAD})
 async def missing(svc: Svc, request: Request, model_hash: str) -> Response:
     """The keys sent (an Arrow stream of one column, item_key) that have no vector here."""
-    mh = _model(svc, model_hash)
+    mh = checked_model_hash(model_hash)
     path = await body_to_file(request, svc.settings)
     try:
         keys = await run_in_threadpool(read_keys, path)
@@ -95,15 +79,13 @@ async def missing(svc: Svc, request: Request, model_hash: str) -> Response:
         raise ApiError(400, str(e), None, "invalid_keys") from None
     finally:
         path.unlink(missing_ok=True)
-    import pyarrow as pa
-
     return Response(to_ipc(pa.table({"item_key": out})), media_type=ARROW)
 
 
-@router.put("/v1/vectors/{model_hash}")
+@router.put("/v1/vectors/{model_hash}", responses={**ok(Committed), **UPLOAD})
 async def put_vectors(svc: Svc, request: Request, model_hash: str) -> dict[str, Any]:
     """One window of vectors, checked, then one commit (keys stored already are skipped)."""
-    mh = _model(svc, model_hash)
+    mh = checked_model_hash(model_hash)
     path = await body_to_file(request, svc.settings)
     try:
         table = await run_in_threadpool(checked_vectors, svc.store, mh, path)
@@ -115,7 +97,7 @@ async def put_vectors(svc: Svc, request: Request, model_hash: str) -> dict[str, 
     return {"added": added, "rows": len(table)}
 
 
-@router.post("/v1/entries/{model}/{dataset}/finish")
+@router.post("/v1/entries/{model}/{dataset}/finish", responses={**ok(RegisteredEntry), **errors(404, 409)})
 async def finish(svc: Svc, model: str, dataset: str) -> dict[str, Any]:
     e = await run_in_threadpool(resolve, svc, model, dataset)
     if svc.jobs.running(e.model_hash, e.dataset_hash):
