@@ -67,7 +67,10 @@ def test_a_job_whose_replica_is_killed_is_reported_and_finished_by_the_other(tmp
     b = Server(tiny_model, store, "--window", "32", "--replica-id", "B", *FAST)
     try:
         mh = model_hash(a)
-        scan = dataset(tmp_path / "big.jsonl", 480)
+        # big enough that A is still running when B has seen its progress, on a quiet machine
+        # too (480 rows of the tiny model once finished before B looked)
+        n = 1920
+        scan = dataset(tmp_path / "big.jsonl", n)
         started = start_job(a.url, scan)
         assert started["job"]["owner"] == "A" and started["job"]["status"] == "running"
         seen = wait_for(lambda: [j for j in jobs(b) if j["owner"] == "A" and j["done_rows"] >= 64], 120)
@@ -80,7 +83,7 @@ def test_a_job_whose_replica_is_killed_is_reported_and_finished_by_the_other(tmp
         done = wait_for(lambda: [j for j in jobs(b) if j["status"] not in ("running", "orphaned")], 180, 0.3)
         assert done[0]["status"] == "complete" and done[0]["owner"] == "B", done
         e = open_store(store).resolve(mh, scan.dataset_hash)
-        assert e.status == "complete" and e.rows == 480
+        assert e.status == "complete" and e.rows == n
         keys = _stored_keys(store, mh)
         want = {item_key(r["prompt"], r["response"]) for r in scan.rows()}
         assert len(keys) == len(set(keys)) and set(keys) == want  # 0 lost, 0 duplicated
