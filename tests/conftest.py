@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ HH_RLHF = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dense copies of GGUF models (embrm.extractor.dense): one folder for the session, never ~/.cache
+os.environ.setdefault("EMBRM_MODEL_CACHE", tempfile.mkdtemp(prefix="embrm-models-"))
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embrm.errors import EmbrmError
+from embrm.extractor import dense
 from embrm.hardware import cpu_has_fast_bf16
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -151,7 +152,11 @@ def load_tokenizer(src: ModelSource, trust_remote_code: bool = False) -> Any:
     if src.revision and src.kind == "hub":
         kw["revision"] = src.revision
     try:
-        tok = AutoTokenizer.from_pretrained(src.load_path, **kw)
+        if src.gguf_file:  # building a fast tokenizer from a GGUF's vocabulary takes seconds
+            tok = dense.cached(src.weights, "tokenizer", lambda: AutoTokenizer.from_pretrained(src.load_path, **kw),
+                               lambda d: AutoTokenizer.from_pretrained(d), lambda t, d: t.save_pretrained(d))
+        else:
+            tok = AutoTokenizer.from_pretrained(src.load_path, **kw)
     except Exception as e:  # transformers raises many types for unreadable files
         raise EmbrmError(f"cannot load the tokenizer of {src.source} ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:200]})") from None
@@ -167,7 +172,8 @@ def load_pretrained(src: ModelSource, auto_class: str, dtype: str, device: str,
     (annotate), in eval mode on ``device``.
 
     GGUF weights are unpacked into a dense model of the requested dtype, so matmuls run
-    on the native (bf16/AMX) kernels rather than per-call dequantisation. Remote code
+    on the native (bf16/AMX) kernels rather than per-call dequantisation, and that dense
+    model is kept on disk for the next load (:mod:`embrm.extractor.dense`). Remote code
     runs only with ``trust_remote_code``.
     """
     import torch
@@ -184,8 +190,15 @@ def load_pretrained(src: ModelSource, auto_class: str, dtype: str, device: str,
             pass
     if src.revision and src.kind == "hub":
         kw["revision"] = src.revision
+    auto = getattr(transformers, auto_class)
     try:
-        model = getattr(transformers, auto_class).from_pretrained(src.load_path, **kw)
+        if src.gguf_file:  # unpacked once, then read back from a dense copy (embrm.extractor.dense)
+            model = dense.cached(src.weights, f"{auto_class}-{dtype}",
+                                 lambda: auto.from_pretrained(src.load_path, **kw),
+                                 lambda d: auto.from_pretrained(d, dtype=kw["dtype"], use_safetensors=True),
+                                 lambda m, d: m.save_pretrained(d))
+        else:
+            model = auto.from_pretrained(src.load_path, **kw)
     except Exception as e:  # transformers raises many types for unreadable files
         raise EmbrmError(f"cannot load model {src.source} ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:200]})") from None
