@@ -13,7 +13,9 @@ Methods (``--methods``, comma-separated):
   ``:M`` an ensemble of M instead, ``@LR`` a learning rate, ``+std`` / ``-std``
   standardised features or not (default: the method's default);
 * ``tune``: what ``embrm train --tune`` does (:func:`embrm.rm.tune.tune`, then the chosen
-  setting trains an ensemble of ``--members``);
+  setting trains an ensemble of ``--members``): below ``INNER_BELOW`` pairs the setting
+  is judged on 5 inner prompt-disjoint folds; ``tune-split`` judges it on the one
+  validation split at every size (``--tune`` before the inner folds), for comparison;
 * reference ``seed-bt-mlp``: a plain BT-MLP trained the seed paper's way, written out here
   in plain torch: D -> 1024 -> 512 -> 1, Adam 1e-3, batch 256, both orderings of every
   pair, 30 epochs, the best validation epoch kept;
@@ -47,7 +49,7 @@ from embrm.rm import TrainConfig, aggregate, train
 from embrm.rm.logreg import LAMBDAS
 from embrm.rm.metrics import bootstrap_interval
 from embrm.rm.pairs import Pairs, split_prompts
-from embrm.rm.tune import describe
+from embrm.rm.tune import describe, inner_folds_for
 from embrm.rm.tune import tune as tune_grid
 from embrm.store import open_store
 
@@ -78,8 +80,8 @@ class Method:
         return cls(spec, m["name"], int(m["members"] or members), float(m["lr"]) if m["lr"] else None, std)
 
     def config(self, seed: int) -> TrainConfig:
-        cfg = TrainConfig(method=self.name if self.name != "tune" else "bt", ensemble=self.members, seed=seed,
-                          standardize=self.standardize)
+        method = "bt" if self.name.startswith("tune") else self.name
+        cfg = TrainConfig(method=method, ensemble=self.members, seed=seed, standardize=self.standardize)
         return replace(cfg, lr=self.lr) if self.lr else cfg
 
 
@@ -191,10 +193,11 @@ def run(m: Method, x: np.ndarray, tr: Pairs, va: Pairs, seed: int) -> tuple[np.n
     t = time.perf_counter()
     cfg = m.config(seed)
     info: dict[str, Any] = {}
-    if m.name == "tune":
-        cfg, grid = tune_grid(x, tr, va, cfg)
+    if m.name in ("tune", "tune-split"):
+        k = 1 if m.name == "tune-split" else inner_folds_for(len(tr) + len(va))
+        cfg, grid = tune_grid(x, tr, va, cfg, inner_folds=k)
         best = min(grid, key=lambda r: r["val_loss"])
-        info = {"picked": describe(best), "family": best["method"], "settings": len(grid),
+        info = {"picked": describe(best), "family": best["method"], "settings": len(grid), "inner_folds": k,
                 "grid_s": round(time.perf_counter() - t, 2)}
     model = train(x, tr, va, cfg)
     info["seconds"] = round(time.perf_counter() - t, 2)
@@ -214,6 +217,8 @@ def versus(per: dict[str, list[np.ndarray]], mine: str, refs: list[str], seed: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="benchmarks/.hh-store-fp32")
+    ap.add_argument("--model", default=None, help="base model (default: the packaged SmolLM2-135M-Instruct)")
+    ap.add_argument("--dtype", default="float32", help="extraction dtype (auto: what `embrm extract` picks)")
     ap.add_argument("--layers", default="-1", help="layers the store entry was (or is to be) extracted with")
     ap.add_argument("--layer", type=int, default=-1, help="the stored layer to train on")
     ap.add_argument("--sizes", default="300,600,1200,all")
@@ -228,7 +233,7 @@ def main() -> None:
     if not HH.exists():
         raise SystemExit(f"needs {HH}")
     layers = tuple(int(v) for v in a.layers.split(","))
-    r = extract(ExtractConfig(DatasetSpec(str(HH)), EmbeddingSpec(dtype="float32", layers=layers),
+    r = extract(ExtractConfig(DatasetSpec(str(HH)), EmbeddingSpec(model=a.model, dtype=a.dtype, layers=layers),
                               RunOptions(store=a.store, quiet=True)))
     print(r.report(), flush=True)
     emb = open_store(a.store).load(r.model_hash, r.dataset_hash, layer=a.layer)
@@ -270,7 +275,7 @@ def main() -> None:
             "info": info,
         }
         row: dict[str, Any] = {"pairs": n, **res["mean"]}
-        for mine in ("tune", "bt"):
+        for mine in ("tune", "tune-split", "bt"):
             if mine in names and refs:
                 res[f"{mine}_vs_best_ref"] = c = versus(per, mine, refs, a.seed)
                 row[f"{mine} - best ref"] = f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
@@ -283,6 +288,7 @@ def main() -> None:
             row["|logreg - ref| acc / log-loss"] = f"{acc.max():.4f} / {ll.max():.1e}"
         if "tune" in names:
             picks = [i["family"] for i in info["tune"]]
+            row["tune grid s"] = f"{np.median([i['grid_s'] for i in info['tune']]):.1f}"
             row["tune picked"] = ", ".join(f"{k} {picks.count(k)}" for k in dict.fromkeys(picks))
         out["sizes"][str(n)] = res
         rows.append(row)

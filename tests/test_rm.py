@@ -409,7 +409,7 @@ def test_tune_picks_the_argmin_of_validation_loss_across_families(tmp_path):
     grid = Grid(l2=(1e-3, 1e-1, 10.0), blocks=tuple(Block(h, m, (1e-5, 1e-2), (0.0, 0.1))
                                                     for h, m in (((), ("linear",)), ((8,), ("bt", "clf")),
                                                                  ((32,), ("bt",)))))
-    chosen, results = tune(x, tp, vp, TrainConfig(max_epochs=10), grid)
+    chosen, results = tune(x, tp, vp, TrainConfig(max_epochs=10), grid, inner_folds=1)
     count = {m: sum(g["method"] == m for g in results) for m in ("logreg", "logreg-clf", "linear", "bt", "clf")}
     assert count == {"logreg": 3, "logreg-clf": 3, "linear": 4, "bt": 8, "clf": 4}
     best = min(results, key=lambda g: g["val_loss"])
@@ -446,6 +446,39 @@ def test_tune_picks_the_argmin_of_validation_loss_across_families(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--model-key", "synthetic-model", "--dataset-key", "ddd", "--tune",
                                    "--method", "lgbm", "--store", str(tmp_path / "store")])
     assert res.exit_code == 2 and "LightGBM has its own early stopping" in res.output
+
+
+def test_tune_on_small_data_judges_every_setting_over_inner_folds():
+    """Below INNER_BELOW pairs each setting's log-loss is its mean over prompt-disjoint
+    inner folds of the training and validation pairs; checked against each fold's fit
+    scored by a plain log-loss."""
+    from embrm.rm.tune import INNER_BELOW, INNER_FOLDS, Grid, inner_folds_for, inner_splits, tune
+
+    x, r = _synthetic(p=60, k=4, d=16)
+    tr, va = split_prompts(len(r), 0.2, 0)
+    tp = build_pairs(r, tr, 3, "within", "random", 1.0, None, 0)
+    vp = build_pairs(r, va, 3, "within", "random", 1.0, None, 1)
+    assert len(tp) + len(vp) < INNER_BELOW and inner_folds_for(len(tp) + len(vp)) == INNER_FOLDS > 1
+    assert inner_folds_for(INNER_BELOW) == 1
+    splits = inner_splits(tp, vp, 3, seed=4)
+    for a, b in splits:  # prompt-disjoint, and every pair is validated exactly once
+        assert not set(a.prompt) & set(b.prompt) and len(a) + len(b) == len(tp) + len(vp)
+    assert sorted(np.concatenate([b.a for _, b in splits])) == sorted(np.concatenate([tp.a, vp.a]))
+    lams = (1e-3, 1e-1, 10.0)
+    chosen, results = tune(x, tp, vp, TrainConfig(seed=4), Grid(l2=lams), families=("logreg",), inner_folds=3)
+    assert [g["l2"] for g in results] == list(lams)
+    for g in results:
+        want = []
+        for a, b in splits:
+            s = train(x, a, b, TrainConfig(method="logreg", l2=g["l2"])).validation_model.score(x)[0]
+            d = (s[b.a] - s[b.b]).astype(np.float64) * np.where(b.y > 0.5, 1, -1)
+            want.append(np.mean(np.logaddexp(0, -d)))
+        np.testing.assert_allclose(g["fold_val_loss"], want, rtol=1e-4)
+        assert g["val_loss"] == pytest.approx(np.mean(want), rel=1e-4)
+        assert g["val_loss_se"] == pytest.approx(np.std(want, ddof=1) / np.sqrt(3), rel=1e-3)
+    assert chosen.l2 == min(results, key=lambda g: g["val_loss"])["l2"]
+    _, default = tune(x, tp, vp, TrainConfig(seed=4), Grid(l2=lams), families=("logreg",))
+    assert len(default[0]["fold_val_loss"]) == INNER_FOLDS
 
 
 def test_pairwise_prompt_ids_follow_prompt_text_so_splits_are_prompt_disjoint(tmp_path, tiny_model):

@@ -17,7 +17,10 @@ heads are where batching members pays on a CPU (3.0-3.8x over one after another 
 
 Every setting is judged by one criterion: the Bradley-Terry log-loss of its scores on the
 validation pairs (for a CLF model, of the difference of its two logits), at its best
-epoch or lambda. Log-loss, not accuracy: it ranks settings by how well they rank *and*
+epoch or lambda. Below ``INNER_BELOW`` (1,500) training and validation pairs, that
+log-loss is the mean over 5 prompt-disjoint inner folds of those pairs together
+(:func:`inner_splits`): one validation split of a few dozen pairs is too noisy to choose
+among 70 settings by. Log-loss, not accuracy: it ranks settings by how well they rank *and*
 how sure they are, and is far less noisy than accuracy on a few hundred pairs. The
 chosen setting then trains the final ensemble. Choosing on the split that also stops
 training makes the reported validation metrics slightly optimistic; ``embrm eval`` on a
@@ -42,6 +45,12 @@ from embrm.rm.trainer import MemberSettings, TrainConfig, train
 # The seed-size MLP's smaller (learning rate, weight decay) grid: 18 of its members were
 # 57% of a whole grid's time (512 HH pairs).
 SMALLER = {(1024, 512): ((3e-4, 1e-3), (0.0, 0.1))}
+# Below INNER_BELOW training + validation pairs a setting is judged on INNER_FOLDS
+# prompt-disjoint folds, not on one validation split of a few dozen pairs: there the one
+# split's noise decided the choice (at 300 HH pairs --tune was 0.017 below the better
+# reference). Above it one split is large enough, and k grids would cost k times as much.
+INNER_FOLDS = 5
+INNER_BELOW = 1500
 
 
 @dataclass(frozen=True)
@@ -116,18 +125,9 @@ def _one_fit(x: np.ndarray, tp: Pairs, vp: Pairs, cfg: TrainConfig) -> list[dict
                  else held.log.val_loss[0], held.log.seconds)]
 
 
-def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid = Grid(),
-         families: tuple[str, ...] | None = None) -> tuple[TrainConfig, list[dict[str, Any]]]:
-    """The grid's setting of least validation log-loss as a config, and every setting's result.
-
-    ``families`` restricts the search (``embrm train --tune --method bt`` tunes BT alone);
-    each family standardises its features as ``cfg.standardize`` says, or by its default.
-    """
-    families = tuple(families or grid.families or registry.tunable())
-    untunable = [f for f in families if registry.get(f).tune_kind is None]
-    if untunable:
-        why = getattr(registry.get(untunable[0]), "untuned_because", "it has no grid")
-        raise EmbrmError(f"--tune does not cover {', '.join(untunable)} ({why}); tune {', '.join(registry.tunable())}")
+def _grid(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid,
+          families: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every setting of the grid trained on ``train_pairs`` and judged on ``val_pairs``."""
     results: list[dict[str, Any]] = []
     for method in families:
         kind = registry.get(method).tune_kind
@@ -141,6 +141,78 @@ def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, 
         for standardize in sorted({replace(cfg, method=m).standardizes for m in methods}):
             same = [m for m in methods if replace(cfg, method=m).standardizes == standardize]
             results += _adam_grid(x, train_pairs, val_pairs, replace(cfg, standardize=standardize), same, block)
+    return results
+
+
+def _joined(a: Pairs, b: Pairs) -> Pairs:
+    def pb(p: Pairs) -> np.ndarray:
+        return p.prompt if p.prompt_b is None else p.prompt_b
+
+    cross = a.prompt_b is not None or b.prompt_b is not None
+    return Pairs(np.concatenate([a.a, b.a]), np.concatenate([a.b, b.b]), np.concatenate([a.y, b.y]),
+                 np.concatenate([a.prompt, b.prompt]), np.concatenate([pb(a), pb(b)]) if cross else None)
+
+
+def inner_splits(train_pairs: Pairs, val_pairs: Pairs, k: int, seed: int) -> list[tuple[Pairs, Pairs]]:
+    """``k`` prompt-disjoint (train, validation) splits of the training and validation
+    pairs together: each prompt is in one fold's validation pairs, a pair is trained on
+    only where all its prompts are outside that fold (as :meth:`Pairs.among` rules)."""
+    both = _joined(train_pairs, val_pairs)
+    ids = [both.prompt] + ([both.prompt_b] if both.prompt_b is not None else [])
+    prompts = np.unique(np.concatenate(ids))
+    if len(prompts) < k:
+        raise EmbrmError(f"--tune's {k} inner folds need at least {k} prompts; there are {len(prompts)}")
+    fold = np.random.default_rng(seed).permutation(len(prompts)) % k
+    return [(both.subset(both.among(prompts[fold != f])), both.subset(both.among(prompts[fold == f], held_out=True)))
+            for f in range(k)]
+
+
+def _setting(r: dict[str, Any]) -> tuple[Any, ...]:
+    return r["method"], r["standardize"], r["lr"], r["weight_decay"], tuple(r["hidden"]), r["l2"]
+
+
+def _over_folds(per_fold: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each setting once: its validation log-loss averaged over the inner folds (each
+    fold's pairs weigh alike), with the fold losses and their standard error."""
+    out = []
+    for rows in zip(*per_fold):
+        assert len({_setting(r) for r in rows}) == 1, "every inner fold runs the same grid in the same order"
+        losses = np.array([r["val_loss"] for r in rows])
+        out.append({**rows[0], "val_loss": float(losses.mean()), "fold_val_loss": losses.round(6).tolist(),
+                    "val_loss_se": float(losses.std(ddof=1) / np.sqrt(len(losses))),
+                    "seconds": round(sum(r["seconds"] for r in rows), 3),
+                    "best_epoch": rows[0]["best_epoch"] and int(np.median([r["best_epoch"] for r in rows]))})
+    return out
+
+
+def inner_folds_for(n_pairs: int) -> int:
+    """How many inner folds choose the setting: :data:`INNER_FOLDS` below
+    :data:`INNER_BELOW` training and validation pairs, else 1 (the one validation split)."""
+    return INNER_FOLDS if n_pairs < INNER_BELOW else 1
+
+
+def tune(x: np.ndarray, train_pairs: Pairs, val_pairs: Pairs, cfg: TrainConfig, grid: Grid = Grid(),
+         families: tuple[str, ...] | None = None, inner_folds: int | None = None
+         ) -> tuple[TrainConfig, list[dict[str, Any]]]:
+    """The grid's setting of least validation log-loss as a config, and every setting's result.
+
+    ``families`` restricts the search (``embrm train --tune --method bt`` tunes BT alone);
+    each family standardises its features as ``cfg.standardize`` says, or by its default.
+    ``inner_folds`` (default: :func:`inner_folds_for`) above 1 judges every setting by its
+    mean log-loss over that many prompt-disjoint folds of the training and validation
+    pairs together, instead of on the one validation split.
+    """
+    families = tuple(families or grid.families or registry.tunable())
+    untunable = [f for f in families if registry.get(f).tune_kind is None]
+    if untunable:
+        why = getattr(registry.get(untunable[0]), "untuned_because", "it has no grid")
+        raise EmbrmError(f"--tune does not cover {', '.join(untunable)} ({why}); tune {', '.join(registry.tunable())}")
+    k = inner_folds if inner_folds is not None else inner_folds_for(len(train_pairs) + len(val_pairs))
+    if k > 1:
+        results = _over_folds([_grid(x, tp, vp, cfg, grid, families)
+                               for tp, vp in inner_splits(train_pairs, val_pairs, k, cfg.seed)])
+    else:
+        results = _grid(x, train_pairs, val_pairs, cfg, grid, families)
     if not results:
         raise EmbrmError(f"nothing to tune: families {', '.join(families)}; use {', '.join(registry.tunable())}")
     best = min(results, key=lambda r: r["val_loss"])
@@ -167,6 +239,7 @@ def summary(results: list[dict[str, Any]]) -> str:
     for r in sorted(results, key=lambda r: r["val_loss"]):
         others.setdefault(r["method"], r)
     runners = [f"{describe(r)} {r['val_loss']:.4f}" for m, r in others.items() if m != best["method"]]
-    line = (f"tuned over {len(results)} settings: picked {describe(best)}, the least validation log-loss "
-            f"({best['val_loss']:.4f})")
+    how = f"mean validation log-loss over {len(best['fold_val_loss'])} inner folds" if "fold_val_loss" in best \
+        else "validation log-loss"
+    line = f"tuned over {len(results)} settings: picked {describe(best)}, the least {how} ({best['val_loss']:.4f})"
     return line + (f"; best of the other families: {'; '.join(runners)}" if runners else "")
