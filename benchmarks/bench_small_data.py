@@ -49,7 +49,7 @@ from embrm.rm import TrainConfig, aggregate, train
 from embrm.rm.logreg import LAMBDAS
 from embrm.rm.metrics import bootstrap_interval
 from embrm.rm.pairs import Pairs, split_prompts
-from embrm.rm.tune import describe, inner_folds_for
+from embrm.rm.tune import choose, describe, inner_folds_for
 from embrm.rm.tune import tune as tune_grid
 from embrm.store import open_store
 
@@ -196,7 +196,7 @@ def run(m: Method, x: np.ndarray, tr: Pairs, va: Pairs, seed: int) -> tuple[np.n
     if m.name in ("tune", "tune-split"):
         k = 1 if m.name == "tune-split" else inner_folds_for(len(tr) + len(va))
         cfg, grid = tune_grid(x, tr, va, cfg, inner_folds=k)
-        best = min(grid, key=lambda r: r["val_loss"])
+        best = choose(grid)
         info = {"picked": describe(best), "family": best["method"], "settings": len(grid), "inner_folds": k,
                 "grid_s": round(time.perf_counter() - t, 2)}
     model = train(x, tr, va, cfg)

@@ -6,6 +6,8 @@ unpacked from the GGUF, since vectors from either land under one fingerprint.
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,8 +104,13 @@ def test_a_copy_is_renamed_in_whole(tmp_path, monkeypatch):
 
     assert dense.cached("z" * 64, "thing", lambda: 3, lambda d: 0, dies) == 3
     assert list(tmp_path.iterdir()) == []
+    stale, fresh = tmp_path / ".building-dead", tmp_path / ".building-alive"  # a killed writer's, a live one's
+    for d in (stale, fresh):
+        d.mkdir()
+    os.utime(stale, (time.time() - 2 * dense.STALE_S,) * 2)
     seen = []
     assert dense.cached("z" * 64, "thing", lambda: 4, lambda d: seen.append(d) or 9,
                         lambda o, d: (d / "ok.json").write_text("{}")) == 4
     assert dense.cached("z" * 64, "thing", lambda: 4, lambda d: seen.append(d) or 9, lambda o, d: None) == 9
     assert len(seen) == 1 and (seen[0] / "ok.json").exists()
+    assert not stale.exists() and fresh.exists()

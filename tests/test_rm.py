@@ -481,6 +481,26 @@ def test_tune_on_small_data_judges_every_setting_over_inner_folds():
     assert len(default[0]["fold_val_loss"]) == INNER_FOLDS
 
 
+def test_tune_keeps_a_flexible_model_only_where_its_lead_beats_the_folds_noise():
+    """The one-standard-error rule of choose(), on hand-made grid rows."""
+    from embrm.rm.tune import choose
+
+    def row(method, loss, se=0.0, hidden=(), l2=None):
+        return {"method": method, "val_loss": loss, "val_loss_se": se, "hidden": list(hidden), "l2": l2}
+
+    mlp = row("bt", 0.600, 0.020, (1024, 512))
+    rows = [mlp, row("bt", 0.610, 0.02, (64,)), row("linear", 0.618, 0.02), row("logreg", 0.619, 0.02, l2=1.0),
+            row("logreg", 0.650, 0.02, l2=10.0)]
+    assert choose(rows)["l2"] == 1.0  # within 0.600 + 0.020: the simplest, a logistic regression
+    rows[3]["val_loss"] = 0.625  # now outside the bar: the linear model is the simplest left
+    assert choose(rows)["method"] == "linear"
+    rows[2]["val_loss"] = 0.621
+    assert choose(rows)["hidden"] == [64]  # then the narrowest MLP
+    assert choose([{**r, "val_loss_se": 0.0} for r in rows])["hidden"] == [1024, 512]  # no noise: least loss
+    one_split = [{k: v for k, v in r.items() if k != "val_loss_se"} for r in rows]
+    assert choose(one_split)["hidden"] == [1024, 512]  # one split: the least loss
+
+
 def test_pairwise_prompt_ids_follow_prompt_text_so_splits_are_prompt_disjoint(tmp_path, tiny_model):
     """Records repeating a prompt share its id; training's validation split and `eval` on
     the training data then never see a prompt text from the other side."""

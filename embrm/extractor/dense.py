@@ -27,12 +27,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 OFF = ("off", "0", "no", "false", "")
 MARKER = "embrm-dense.json"
+STALE_S = 3600  # a copy being written for longer than this was left by a dead process
 
 
 def cache_root() -> Path | None:
@@ -89,6 +91,9 @@ def _keep(obj: Any, root: Path, folder: Path, key: dict[str, str], save: Callabl
     tmp: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
+        for old in root.glob(".building-*"):  # left by a process killed while it wrote
+            if time.time() - old.stat().st_mtime > STALE_S:
+                shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
         save(obj, tmp)
         (tmp / MARKER).write_text(json.dumps(key))

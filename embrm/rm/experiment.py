@@ -159,7 +159,7 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
     vp = make_training_pairs(ds, dc, val_p, seed_offset=1000, held_out=True)
     grid: list[dict[str, Any]] | None = None
     if tune:
-        from embrm.rm.tune import summary
+        from embrm.rm.tune import CRITERION, summary
         from embrm.rm.tune import tune as tune_grid
 
         tc, grid = tune_grid(ds.x, tp, vp, tc, families=families)
@@ -167,7 +167,7 @@ def train_from_store(store: Any, model_key: str, dataset_key: str, tc: TrainConf
     metrics, scores = evaluate_dataset(model.validation_model or model, ds, val_p, ns, seed=dc.seed)
     metrics = {"split": "validation", "train_pairs": len(tp), "val_pairs": len(vp), **metrics}
     if grid is not None:
-        metrics["tune"] = {"criterion": "validation Bradley-Terry log-loss", "summary": summary(grid),
+        metrics["tune"] = {"criterion": CRITERION, "summary": summary(grid),
                            "chosen": {k: v for k, v in config_dict(model.config).items()
                                       if k in ("method", "lr", "weight_decay", "hidden", "l2", "standardize")},
                            "grid": grid}
