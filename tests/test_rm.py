@@ -452,14 +452,14 @@ def test_tune_on_small_data_judges_every_setting_over_inner_folds():
     """Below INNER_BELOW pairs each setting's log-loss is its mean over prompt-disjoint
     inner folds of the training and validation pairs; checked against each fold's fit
     scored by a plain log-loss."""
-    from embrm.rm.tune import INNER_BELOW, INNER_FOLDS, Grid, inner_folds_for, inner_splits, tune
+    from embrm.rm.tune import INNER_BELOW, INNER_FOLDS, INNER_FOLDS_LARGE, Grid, inner_folds_for, inner_splits, tune
 
     x, r = _synthetic(p=60, k=4, d=16)
     tr, va = split_prompts(len(r), 0.2, 0)
     tp = build_pairs(r, tr, 3, "within", "random", 1.0, None, 0)
     vp = build_pairs(r, va, 3, "within", "random", 1.0, None, 1)
     assert len(tp) + len(vp) < INNER_BELOW and inner_folds_for(len(tp) + len(vp)) == INNER_FOLDS > 1
-    assert inner_folds_for(INNER_BELOW) == 1
+    assert inner_folds_for(INNER_BELOW) == INNER_FOLDS_LARGE > 1
     splits = inner_splits(tp, vp, 3, seed=4)
     for a, b in splits:  # prompt-disjoint, and every pair is validated exactly once
         assert not set(a.prompt) & set(b.prompt) and len(a) + len(b) == len(tp) + len(vp)
