@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # dense copies of GGUF models (embrm.extractor.dense): one folder for the session, never ~/.cache
-os.environ.setdefault("EMBRM_MODEL_CACHE", tempfile.mkdtemp(prefix="embrm-models-"))
+_MODEL_CACHE = None if "EMBRM_MODEL_CACHE" in os.environ else tempfile.mkdtemp(prefix="embrm-models-")
+if _MODEL_CACHE:
+    os.environ["EMBRM_MODEL_CACHE"] = _MODEL_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The session's dense model copies (a few hundred MB) go with it."""
+    if _MODEL_CACHE:
+        shutil.rmtree(_MODEL_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
