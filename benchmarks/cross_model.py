@@ -5,11 +5,12 @@ Reads the held-out runs that ``embrm reproduce compare`` saved under ``OUT/runs`
 scores them on the suite's subsets from the store (cached vectors; nothing is extracted
 when compare ran first). Usage:
 
-    python benchmarks/cross_model.py OUT STORE DATA_ROOT TAG_A TAG_B [--methods logreg,tune] [--limit N]
+    python benchmarks/cross_model.py OUT STORE DATA_ROOT TAG_A TAG_B [--methods M1,M2] [--limit N]
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("out", "store", "data_root", "tag_a", "tag_b"):
         ap.add_argument(name)
-    ap.add_argument("--methods", default="logreg,tune,bt,lgbm")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every method the compare ran)")
     ap.add_argument("--suite", default="heldout")
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args()
     st = open_store(a.store)
     suite = load_suite(a.suite, a.data_root, limit=a.limit)
     rng = np.random.default_rng(0)
-    for method in a.methods.split(","):
+    methods = a.methods.split(",") if a.methods else json.loads((Path(a.out) / "compare.json").read_text())["methods"]
+    for method in methods:
         out = {}
         for tag in (a.tag_a, a.tag_b):
             run = Path(a.out) / "runs" / f"{tag}-{method}-s0"
