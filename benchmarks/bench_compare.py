@@ -12,8 +12,8 @@
     at most 60 s on the 2-core machine.
 (c) ``--tune`` (an ensemble of 3) against the best plain reference at 300, 600, 1,200
     and 2,312 pairs on both base models, read from ``bench_small_data.py``'s JSON (one
-    per model, given with ``--small-data``; that script holds the protocol and takes
-    about 15 minutes a model here). Target: at or above the best reference, with a
+    per model, given with ``--small-data``; that script holds the protocol; it took
+    about 40 minutes a model here, one torch thread beside other jobs). Target: at or above the best reference, with a
     paired 95% interval that shows it is not worse.
 
 Run it under ``nice -n 10`` on a shared machine; the load average is printed with the table.
@@ -78,10 +78,17 @@ def forward_speed(model: str | None, dtype: str, items: list[tuple[str, str]], b
 
     src = resolve_model(model)
     dt = resolve_dtype(dtype, "cpu")
+    before = os.environ.get("EMBRM_MODEL_CACHE")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["EMBRM_MODEL_CACHE"] = cache  # an empty cache: the first load reads the GGUF
-        _, _, gguf_s = _load(src, dt)
-        m, tok, copy_s = _load(src, dt)
+        try:
+            _, _, gguf_s = _load(src, dt)
+            m, tok, copy_s = _load(src, dt)
+        finally:  # the user's own cache again for whatever loads next
+            if before is None:
+                os.environ.pop("EMBRM_MODEL_CACHE")
+            else:
+                os.environ["EMBRM_MODEL_CACHE"] = before
     lengths = [len(tok(p + r)["input_ids"]) for p, r in items]
     n_tok, t = 0, 0.0
     with torch.inference_mode():

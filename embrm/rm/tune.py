@@ -46,10 +46,11 @@ from embrm.rm.trainer import MemberSettings, TrainConfig, train
 # The seed-size MLP's smaller (learning rate, weight decay) grid: 18 of its members were
 # 57% of a whole grid's time (512 HH pairs).
 SMALLER = {(1024, 512): ((3e-4, 1e-3), (0.0, 0.1))}
-# Below INNER_BELOW training + validation pairs a setting is judged on INNER_FOLDS
-# prompt-disjoint folds, not on one validation split of a few dozen pairs: there the one
-# split's noise decided the choice (at 300 HH pairs --tune was 0.017 below the better
-# reference). Above it one split is large enough, and k grids would cost k times as much.
+# A setting is judged on prompt-disjoint inner folds, not on one validation split of a
+# few dozen pairs, whose noise decided the choice (at 300 HH pairs --tune was 0.017
+# below the better reference): INNER_FOLDS below INNER_BELOW training + validation
+# pairs, INNER_FOLDS_LARGE from there, where k grids would cost k times as much and one
+# fold's validation pairs are many already.
 INNER_FOLDS = 5
 INNER_BELOW = 1500
 INNER_FOLDS_LARGE = 3

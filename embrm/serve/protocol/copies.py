@@ -2,6 +2,7 @@
 an entry, the model-hash check, and what the write-protocol routes answer."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,6 @@ class RegisteredEntry(BaseModel):
 
 def checked_model_hash(value: str) -> str:
     """A model hash from a path: 64 lowercase hex digits, or a 400."""
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+    if not re.fullmatch(HASH, value):
         raise ApiError(400, "the model hash must be 64 lowercase hex digits", "model_hash", "invalid_model_hash")
     return value
